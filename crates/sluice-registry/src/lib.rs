@@ -1,1 +1,72 @@
+//! The on-disk model repository of Sluice.
+//!
+//! A repository is a directory laid out as Triton lays it out:
+//!
+//! ```text
+//! <root>/
+//!   <model>/              name: [A-Za-z0-9_.-]+, not starting with '.'
+//!     model.toml          optional per-model settings (ModelConfig)
+//!     <version>/          positive integer, canonical decimal
+//!       model.onnx
+//!       manifest.json     optional; written by `publish`
+//! ```
+//!
+//! This crate reads and writes that layout and nothing more; loading models
+//! into ONNX Runtime and serving them is `sluice-runtime`'s and
+//! `sluice-server`'s job. What it offers:
+//!
+//! * [`Repository::scan`]: a cheap listing (directory reads and `stat`s, no
+//!   hashing) of models, their [`ModelConfig`] and versions, with a
+//!   [`Fingerprint`] per version so a caller can tell which versions changed
+//!   between two scans;
+//! * [`verify`]: hashes a version's `model.onnx` and checks it against its
+//!   [`Manifest`];
+//! * [`Repository::publish`]: adds a version atomically (staged in a hidden
+//!   directory, renamed into place), with a manifest recording its SHA-256 and
+//!   lineage;
+//! * [`watch`]: wakes the caller when something under the root changed
+//!   (debounced) or a periodic rescan is due.
+//!
+//! A serving loop looks like this:
+//!
+//! ```no_run
+//! # async fn serve() -> Result<(), sluice_registry::RegistryError> {
+//! use std::time::Duration;
+//! use sluice_registry::{Repository, verify};
+//!
+//! let repo = Repository::open("/models")?;
+//! let mut watcher = repo.watch(Duration::from_secs(5))?;
+//! loop {
+//!     let scan = repo.scan()?;
+//!     for (name, model) in &scan.models {
+//!         let Ok(config) = &model.config else { continue };
+//!         for version in config.selected_versions(&model.available_versions()) {
+//!             let entry = &model.versions[&version];
+//!             // Compare entry.fingerprint with the one last loaded; if it
+//!             // differs, verify(entry, name)? and (re)load entry.model_file.
+//!             # let _ = (entry, name);
+//!         }
+//!     }
+//!     watcher.changed().await;
+//! }
+//! # }
+//! ```
 
+mod config;
+mod error;
+mod manifest;
+mod publish;
+mod scan;
+mod watch;
+
+pub use config::{ExecutionProvider, GraphOptimization, MAX_INSTANCES, ModelConfig, VersionPolicy};
+pub use error::RegistryError;
+pub use manifest::{
+    MANIFEST_SCHEMA, Manifest, Verification, format_rfc3339, parse_manifest, verify,
+};
+pub use publish::{PUBLISH_TEMP_PREFIX, Published};
+pub use scan::{
+    CONFIG_FILE, Fingerprint, MANIFEST_FILE, MODEL_FILE, ModelEntry, Repository, RepositoryScan,
+    VersionEntry, parse_version, validate_model_name,
+};
+pub use watch::{DEBOUNCE, MAX_DEBOUNCE_DELAY, RepositoryWatcher, Wake, watch};

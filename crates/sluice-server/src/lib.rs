@@ -1,1 +1,115 @@
+//! The HTTP face of Sluice: the Open Inference Protocol (KServe v2) REST API
+//! with Triton's binary tensor, model repository, statistics and model
+//! configuration extensions.
+//!
+//! [`run`] owns the accept loop (hyper-util, HTTP/1.1 and HTTP/2 on one port,
+//! graceful shutdown); axum only routes. The request path, in order:
+//!
+//! 1. accept: hyper-util's auto builder speaks HTTP/1.1 and h2c.
+//! 2. request id: taken from `x-request-id` or made, echoed on the response,
+//!    so a client can match logs to its call.
+//! 3. body limit: `Content-Length` over the limit is refused with 413 before
+//!    a byte of the body is read; a body without a length is read through a
+//!    limit and refused the same way.
+//! 4. route: one atomic load of the routing snapshot picks the version.
+//! 5. decode (JSON or binary), validate against the version's signature,
+//!    queue on the version's executor (429 when full), await the answer.
+//! 6. encode and answer, naming the version that answered.
 
+mod error;
+mod handlers;
+mod triton;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use sluice_serving::ModelManager;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+/// Settings of the HTTP server itself (per-model settings live in each
+/// model's `model.toml`).
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Largest request body accepted; bigger ones get 413.
+    pub max_body_bytes: u64,
+    /// How long shutdown waits for in-flight requests before closing.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_body_bytes: 64 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub manager: ModelManager,
+    pub options: Arc<HttpOptions>,
+}
+
+/// The axum router with every endpoint; exposed for tests that drive it
+/// without a socket.
+pub fn router(manager: ModelManager, options: HttpOptions) -> axum::Router {
+    handlers::routes(AppState {
+        manager,
+        options: Arc::new(options),
+    })
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests finish (up to `shutdown_grace`) and returns.
+pub async fn run(
+    listener: TcpListener,
+    manager: ModelManager,
+    options: HttpOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let grace = options.shutdown_grace;
+    let app = router(manager, options);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The `sluice` command line: `serve`, and `models publish|list`.
+//!
+//! Every `serve` setting comes, in order of precedence, from its flag, its
+//! `SLUICE_*` environment variable, the `--config` TOML file, or its default.
+//! `anyhow` lives here only: the library crates have typed errors.
+
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+pub use config::{FileConfig, ServeArgs, ServeSettings};
+
+/// Sluice: a model-serving gateway for ONNX models, speaking the Open
+/// Inference Protocol (KServe v2) with Triton's extensions.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve every model in a model repository over HTTP, reloading versions
+    /// as they appear and disappear.
+    Serve(ServeArgs),
+    /// Manage the model repository.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Publish FILE as a new version of MODEL, atomically: a running server
+    /// sees either nothing or the complete version with its manifest.
+    Publish {
+        /// Model name ([A-Za-z0-9_.-], not starting with '.').
+        model: String,
+        /// The ONNX file to publish.
+        file: PathBuf,
+        /// Version number; default: one more than the highest existing version.
+        #[arg(long)]
+        version: Option<u64>,
+        /// The model repository.
+        #[arg(long, env = "SLUICE_MODELS", default_value = "models")]
+        models: PathBuf,
+        /// Lineage recorded in the manifest, as KEY=VALUE (repeatable), e.g.
+        /// --lineage training_run=42 --lineage dataset=iris-2026-11.
+        #[arg(long = "lineage", value_name = "KEY=VALUE")]
+        lineage: Vec<String>,
+    },
+    /// List the models and versions in a repository, with manifest status.
+    List {
+        /// The model repository.
+        #[arg(long, env = "SLUICE_MODELS", default_value = "models")]
+        models: PathBuf,
+    },
+}
+
+/// Parses the command line and runs it; the exit code says whether it worked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = ServeSettings::resolve(args)?;
+            config::init_logging(&settings);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("sluice-async")
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(serve(settings))
+        }
+        Command::Models(ModelsCommand::Publish {
+            model,
+            file,
+            version,
+            models,
+            lineage,
+        }) => {
+            let mut map = serde_json::Map::new();
+            for pair in lineage {
+                let (k, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--lineage {pair:?} is not KEY=VALUE"))?;
+                map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+            let repo = sluice_registry::Repository::open(&models)?;
+            let published = repo.publish(&model, &file, version, map)?;
+            println!(
+                "published {} version {} ({}, sha256 {})",
+                published.model,
+                published.version,
+                published.dir.display(),
+                published.manifest.sha256
+            );
+            Ok(())
+        }
+        Command::Models(ModelsCommand::List { models }) => {
+            let repo = sluice_registry::Repository::open(&models)?;
+            let scan = repo.scan()?;
+            for (name, entry) in &scan.models {
+                let config = match &entry.config {
+                    Ok(_) => "".to_string(),
+                    Err(e) => format!("  (invalid model.toml: {e})"),
+                };
+                println!("{name}{config}");
+                for (v, e) in &entry.versions {
+                    let manifest = if e.manifest_file.is_some() { "manifest" } else { "no manifest" };
+                    let file = if e.model_present { "model.onnx" } else { "no model.onnx" };
+                    println!("  {v}  {file}, {manifest}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `sluice serve`: load the ONNX Runtime library, start the model manager,
+/// bind, print the address, serve until SIGINT/SIGTERM.
+pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    let runtime = sluice_runtime::OrtRuntime::init(settings.ort_lib.as_deref())?;
+    tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded");
+    let repo = sluice_registry::Repository::open(&settings.models)?;
+    let manager = sluice_serving::ModelManager::start(
+        repo,
+        sluice_serving::ManagerOptions {
+            runtime,
+            require_manifests: settings.require_manifests,
+            rescan_interval: settings.rescan_interval,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port when binding port 0.
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, models = %settings.models.display(), "serving");
+    sluice_server::run(listener, manager, settings.http.clone(), shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,271 @@
+//! Per-model settings: `<root>/<model>/model.toml`.
+//!
+//! Every key is optional; a missing file means all defaults. Unknown keys are
+//! an error (`deny_unknown_fields`), so `instacnes = 4` is reported rather than
+//! silently ignored. A complete file with the defaults:
+//!
+//! ```toml
+//! instances = 1                 # ONNX Runtime sessions per version (1..=64)
+//! intra_op_threads = 1          # per session; 0 = ONNX Runtime's default
+//! inter_op_threads = 1
+//! graph_optimization = "all"    # "disable" | "basic" | "extended" | "all"
+//! execution_providers = ["cpu"] # tried in order; CPU is always the last fallback
+//! version_policy = "all"        # or { latest = 2 } or { specific = [1, 3] }
+//! allow_signature_change = false
+//! max_queue_size = 128          # waiting requests per version before 429 (>= 1)
+//! queue_timeout_ms = 10000      # waiting longer than this gets 504 (>= 1)
+//! max_batch_size = 0            # reported in the Triton model config
+//! warmup = true                 # one synthetic inference before taking traffic
+//! ```
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::RegistryError;
+
+/// The most sessions one version may run in parallel.
+pub const MAX_INSTANCES: usize = 64;
+
+/// The settings of one model, parsed from its `model.toml`.
+///
+/// Build one with [`ModelConfig::load`] or [`ModelConfig::parse`], which both
+/// [`validate`](ModelConfig::validate); `Default` gives the values documented
+/// on each field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// ONNX Runtime sessions per version, each running requests on its own
+    /// thread, in parallel. `1..=64`; default 1.
+    pub instances: usize,
+    /// Threads one session may use inside an operator; 0 lets ONNX Runtime
+    /// choose. Default 1 (parallelism comes from `instances`).
+    pub intra_op_threads: usize,
+    /// Threads one session may use to run independent operators; 0 lets ONNX
+    /// Runtime choose. Default 1.
+    pub inter_op_threads: usize,
+    /// How much ONNX Runtime may rewrite the graph when loading. Default `all`.
+    pub graph_optimization: GraphOptimization,
+    /// Execution providers to try, in order. CPU always works, so it is the
+    /// implicit last fallback (see
+    /// [`effective_execution_providers`](ModelConfig::effective_execution_providers)).
+    /// Default `["cpu"]`.
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// Which of the versions on disk are served. Default: all of them.
+    pub version_policy: VersionPolicy,
+    /// Whether a new version may be served when its inputs or outputs (names,
+    /// datatypes, shapes) differ from those of the version serving now.
+    /// Default false: such a version is refused, so clients are not broken.
+    pub allow_signature_change: bool,
+    /// Requests that may wait per version; the next one is refused with 429.
+    /// `>= 1`; default 128.
+    pub max_queue_size: usize,
+    /// Milliseconds a request may wait for a session before it is answered
+    /// with 504. `>= 1`; default 10000. See [`queue_timeout`](ModelConfig::queue_timeout).
+    pub queue_timeout_ms: u64,
+    /// Reported as `max_batch_size` in the Triton model configuration; 0 means
+    /// the model does not batch. Default 0.
+    pub max_batch_size: u32,
+    /// Run one inference with synthetic inputs before a version takes traffic,
+    /// so the first real request does not pay for lazy initialisation.
+    /// Default true.
+    pub warmup: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            instances: 1,
+            intra_op_threads: 1,
+            inter_op_threads: 1,
+            graph_optimization: GraphOptimization::All,
+            execution_providers: vec![ExecutionProvider::Cpu],
+            version_policy: VersionPolicy::All,
+            allow_signature_change: false,
+            max_queue_size: 128,
+            queue_timeout_ms: 10_000,
+            max_batch_size: 0,
+            warmup: true,
+        }
+    }
+}
+
+/// ONNX Runtime's graph optimisation levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphOptimization {
+    /// No rewriting at all.
+    Disable,
+    /// Semantics-preserving rewrites such as constant folding.
+    Basic,
+    /// `basic` plus fusions of common operator patterns.
+    Extended,
+    /// Everything, including layout optimisations.
+    All,
+}
+
+/// An ONNX Runtime execution provider Sluice knows how to register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// NVIDIA CUDA.
+    Cuda,
+    /// NVIDIA TensorRT (falls back to CUDA/CPU for unsupported nodes).
+    Tensorrt,
+    /// The default CPU provider; always available.
+    Cpu,
+}
+
+impl ExecutionProvider {
+    /// The name used in `model.toml` (`"cuda"`, `"tensorrt"`, `"cpu"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::Tensorrt => "tensorrt",
+            ExecutionProvider::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which versions of a model are served; Triton's version policies.
+///
+/// In TOML this is externally tagged: `"all"`, `{ latest = 2 }` or
+/// `{ specific = [1, 3] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionPolicy {
+    /// Every version on disk.
+    All,
+    /// The N highest versions on disk (`>= 1`).
+    Latest(usize),
+    /// Exactly these versions, those of them that exist (non-empty, each `>= 1`).
+    Specific(Vec<u64>),
+}
+
+impl ModelConfig {
+    /// Reads and validates `path` (a `model.toml`).
+    ///
+    /// Errors name the file: [`RegistryError::Io`] if it cannot be read,
+    /// [`RegistryError::InvalidConfig`] if it does not parse or is out of range.
+    pub fn load(path: &Path) -> Result<ModelConfig, RegistryError> {
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => RegistryError::InvalidConfig {
+                path: path.to_owned(),
+                reason: "the file is not valid UTF-8".to_owned(),
+            },
+            _ => RegistryError::io("read", path, e),
+        })?;
+        ModelConfig::parse(&text, path)
+    }
+
+    /// Parses and validates the TOML text of a `model.toml`; `path` is only
+    /// used to name the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<ModelConfig, RegistryError> {
+        let invalid = |reason: String| RegistryError::InvalidConfig {
+            path: path.to_owned(),
+            reason,
+        };
+        let config: ModelConfig =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// Checks the ranges serde cannot express. The error says which key is
+    /// wrong, what it was and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_INSTANCES).contains(&self.instances) {
+            return Err(format!(
+                "instances = {} is out of range: must be between 1 and {MAX_INSTANCES}",
+                self.instances
+            ));
+        }
+        if self.max_queue_size == 0 {
+            return Err("max_queue_size = 0 is out of range: must be at least 1".to_owned());
+        }
+        if self.queue_timeout_ms == 0 {
+            return Err("queue_timeout_ms = 0 is out of range: must be at least 1".to_owned());
+        }
+        let mut seen = Vec::new();
+        for &ep in &self.execution_providers {
+            if seen.contains(&ep) {
+                return Err(format!("execution_providers lists \"{ep}\" twice"));
+            }
+            if seen.contains(&ExecutionProvider::Cpu) {
+                return Err(format!(
+                    "execution_providers lists \"{ep}\" after \"cpu\", which never fails, so \"{ep}\" would never be tried"
+                ));
+            }
+            seen.push(ep);
+        }
+        match &self.version_policy {
+            VersionPolicy::All => {}
+            VersionPolicy::Latest(0) => {
+                return Err(
+                    "version_policy = { latest = 0 } would serve nothing: must be at least 1"
+                        .to_owned(),
+                );
+            }
+            VersionPolicy::Latest(_) => {}
+            VersionPolicy::Specific(list) if list.is_empty() => {
+                return Err(
+                    "version_policy = { specific = [] } would serve nothing: list at least one version"
+                        .to_owned(),
+                );
+            }
+            VersionPolicy::Specific(list) => {
+                if list.contains(&0) {
+                    return Err(
+                        "version_policy = { specific = [...] } lists version 0: versions start at 1"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The versions to serve out of those `available` on disk, per
+    /// [`version_policy`](ModelConfig::version_policy): all of them, the N
+    /// highest, or those of the listed ones that exist.
+    pub fn selected_versions(&self, available: &BTreeSet<u64>) -> BTreeSet<u64> {
+        match &self.version_policy {
+            VersionPolicy::All => available.clone(),
+            VersionPolicy::Latest(n) => available.iter().rev().take(*n).copied().collect(),
+            VersionPolicy::Specific(list) => list
+                .iter()
+                .filter(|v| available.contains(v))
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// The execution providers to register, in order, always ending with CPU:
+    /// `["cuda"]` gives `[Cuda, Cpu]`, `[]` gives `[Cpu]`.
+    pub fn effective_execution_providers(&self) -> Vec<ExecutionProvider> {
+        let mut eps = Vec::with_capacity(self.execution_providers.len() + 1);
+        for &ep in &self.execution_providers {
+            if !eps.contains(&ep) {
+                eps.push(ep);
+            }
+        }
+        if !eps.contains(&ExecutionProvider::Cpu) {
+            eps.push(ExecutionProvider::Cpu);
+        }
+        eps
+    }
+
+    /// [`queue_timeout_ms`](ModelConfig::queue_timeout_ms) as a [`Duration`].
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
+}

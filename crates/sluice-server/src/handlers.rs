@@ -1,0 +1,402 @@
+//! Routes and handlers. Each handler reads the routing snapshot once and
+//! answers from it; none holds a lock, and none runs inference itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sluice_oip::{InferResponse, ResponseOutput};
+use sluice_runtime::ModelExecutor;
+use sluice_serving::{ModelSnapshot, Snapshot, VersionState};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::triton;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const MODEL_VERSION: HeaderName = HeaderName::from_static("sluice-model-version");
+pub const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
+
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route("/v2/repository/models/{model}/unload", post(repository_unload))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// Outermost layer: every response carries the request's id, taken from the
+/// client's `x-request-id` or made here, so logs and clients agree on it.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = match request.headers().get(&REQUEST_ID) {
+        Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
+        _ => {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let pid = std::process::id();
+            HeaderValue::from_str(&format!("{pid:x}-{n:x}")).expect("hex is a valid header value")
+        }
+    };
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let body = json!({ "error": format!("method {} is not allowed on {}", request.method(), request.uri().path()) });
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+async fn server_metadata() -> axum::Json<Value> {
+    axum::Json(json!({
+        "name": "sluice",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": triton::EXTENSIONS,
+    }))
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+/// Ready once the repository has been loaded at least once. (A repository
+/// whose every model failed is still "ready": the server answers, and the
+/// index says why each model is unavailable.)
+async fn ready(State(state): State<AppState>) -> StatusCode {
+    if state.manager.snapshot().initialised {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// Finds the version that answers: the one named, or the model's default.
+fn resolve(
+    snapshot: &Snapshot,
+    model: &str,
+    version: Option<&str>,
+) -> Result<(Arc<ModelSnapshot>, Arc<ModelExecutor>), ApiError> {
+    if !snapshot.initialised {
+        return Err(ApiError::NotReady(
+            "the server is still loading the model repository".into(),
+        ));
+    }
+    let Some(entry) = snapshot.model(model) else {
+        return Err(if snapshot.knows(model) {
+            ApiError::NotReady(format!("model '{model}' is not ready: {}", reasons(snapshot, model)))
+        } else {
+            ApiError::NotFound(format!("unknown model '{model}'"))
+        });
+    };
+    match version {
+        None => match entry.default_version() {
+            Some(executor) => Ok((entry.clone(), executor.clone())),
+            None => Err(ApiError::NotReady(format!(
+                "model '{model}' has no ready version: {}",
+                reasons(snapshot, model)
+            ))),
+        },
+        Some(v) => {
+            let parsed = v.parse::<u64>().ok().filter(|n| n.to_string() == v);
+            let Some(n) = parsed else {
+                return Err(ApiError::NotFound(format!(
+                    "model '{model}' has no version '{v}' (versions are positive integers)"
+                )));
+            };
+            if let Some(executor) = entry.versions.get(&n) {
+                return Ok((entry.clone(), executor.clone()));
+            }
+            match snapshot.version_entry(model, n) {
+                Some(row) if row.state != VersionState::Ready => Err(ApiError::NotReady(format!(
+                    "model '{model}' version {n} is not ready: {}",
+                    row.reason
+                ))),
+                _ => Err(ApiError::NotFound(format!("model '{model}' has no version {n}"))),
+            }
+        }
+    }
+}
+
+fn reasons(snapshot: &Snapshot, model: &str) -> String {
+    let why: Vec<String> = snapshot
+        .index
+        .iter()
+        .filter(|e| e.name == model && !e.reason.is_empty())
+        .map(|e| {
+            if e.version.is_empty() {
+                e.reason.clone()
+            } else {
+                format!("version {}: {}", e.version, e.reason)
+            }
+        })
+        .collect();
+    if why.is_empty() {
+        "no version has loaded yet".into()
+    } else {
+        why.join("; ")
+    }
+}
+
+async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    metadata(&state, &model, None)
+}
+
+async fn model_metadata_v(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    metadata(&state, &model, Some(&version))
+}
+
+fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let (entry, executor) = resolve(&state.manager.snapshot(), model, version)?;
+    let versions: Vec<u64> = entry.versions.keys().copied().collect();
+    Ok(axum::Json(triton::model_metadata(model, &versions, &executor)).into_response())
+}
+
+async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
+    readiness(&state, &model, None)
+}
+
+async fn model_ready_v(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    readiness(&state, &model, Some(&version))
+}
+
+/// OIP: 200 means ready; a 4xx means not ready (400), or unknown (404).
+fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Result<StatusCode, ApiError> {
+    match resolve(&state.manager.snapshot(), model, version) {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(ApiError::NotReady(message)) => Err(ApiError::BadRequest(message)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn model_config(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    config(&state, &model, None)
+}
+
+async fn model_config_v(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    config(&state, &model, Some(&version))
+}
+
+fn config(state: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let (entry, executor) = resolve(&state.manager.snapshot(), model, version)?;
+    Ok(axum::Json(triton::model_config(model, &entry.config, &executor)).into_response())
+}
+
+async fn all_stats(State(state): State<AppState>) -> axum::Json<Value> {
+    let snapshot = state.manager.snapshot();
+    let mut names: Vec<&String> = snapshot.models.keys().collect();
+    names.sort();
+    let stats: Vec<Value> = names
+        .into_iter()
+        .flat_map(|name| {
+            snapshot.models[name]
+                .versions
+                .values()
+                .map(|e| triton::model_stats(name, e))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    axum::Json(json!({ "model_stats": stats }))
+}
+
+async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    // Without a version Triton reports every version of the model.
+    let snapshot = state.manager.snapshot();
+    let (entry, _) = resolve(&snapshot, &model, None)?;
+    let stats: Vec<Value> = entry.versions.values().map(|e| triton::model_stats(&model, e)).collect();
+    Ok(axum::Json(json!({ "model_stats": stats })).into_response())
+}
+
+async fn model_stats_v(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, executor) = resolve(&state.manager.snapshot(), &model, Some(&version))?;
+    Ok(axum::Json(json!({ "model_stats": [triton::model_stats(&model, &executor)] })).into_response())
+}
+
+async fn repository_index(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    // Optional body: {"ready": true} lists only ready versions.
+    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("repository index body is not JSON: {e}")))?;
+        v.get("ready").and_then(Value::as_bool).unwrap_or(false)
+    };
+    let snapshot = state.manager.snapshot();
+    let rows: Vec<&sluice_serving::IndexEntry> = snapshot
+        .index
+        .iter()
+        .filter(|e| !ready_only || e.state == VersionState::Ready)
+        .collect();
+    Ok(axum::Json(rows).into_response())
+}
+
+async fn repository_load(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    state.manager.load(&model).await?;
+    Ok(axum::Json(json!({})).into_response())
+}
+
+async fn repository_unload(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    state.manager.unload(&model).await?;
+    Ok(axum::Json(json!({})).into_response())
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer_inner(state, model, None, headers, body).await
+}
+
+async fn infer_v(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer_inner(state, model, Some(version), headers, body).await
+}
+
+/// Reads the body, refusing one over the limit before reading it when its
+/// length is declared, and while reading it otherwise.
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::BadRequest("Content-Length is not a number".into()))?;
+        if length > limit {
+            return Err(ApiError::PayloadTooLarge {
+                size: length.to_string(),
+                limit,
+            });
+        }
+    }
+    let limited = http_body_util::Limited::new(body, limit as usize);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge {
+            size: "more than that".into(),
+            limit,
+        }),
+        Err(e) => Err(ApiError::BadRequest(format!("could not read the request body: {e}"))),
+    }
+}
+
+async fn infer_inner(
+    state: AppState,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // Route first: an unknown model is a 404 whatever the body holds. The
+    // snapshot guard is dropped here, before any await.
+    let (_, executor) = resolve(&state.manager.snapshot(), &model, version.as_deref())?;
+    let body = read_body(&headers, body, state.options.max_body_bytes).await?;
+    let header_length = match headers.get(&HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| ApiError::BadRequest("Inference-Header-Content-Length is not a number".into()))?,
+        ),
+    };
+    let started = std::time::Instant::now();
+    let request = match sluice_oip::decode_infer_request(body, header_length) {
+        Ok(r) => r,
+        Err(e) => {
+            executor.stats().record_failure(started.elapsed());
+            return Err(e.into());
+        }
+    };
+    let (names, binary_flags): (Vec<String>, Vec<bool>) = match &request.outputs {
+        Some(outputs) => outputs.iter().map(|o| (o.name.clone(), o.binary_data)).unzip(),
+        None => (Vec::new(), Vec::new()),
+    };
+    let inputs = request
+        .inputs
+        .into_iter()
+        .map(|named| (named.name, named.tensor))
+        .collect();
+    let result = executor.infer(inputs, names).await?;
+    let outputs = result
+        .outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, tensor))| ResponseOutput {
+            name,
+            tensor,
+            binary_data: binary_flags.get(i).copied().unwrap_or(request.binary_data_output),
+        })
+        .collect();
+    let version_text = executor.version().to_string();
+    let encoded = sluice_oip::encode_infer_response(&InferResponse {
+        model_name: &model,
+        model_version: &version_text,
+        id: request.id.as_deref(),
+        parameters: None,
+        outputs,
+    });
+    let mut response = Response::new(Body::from(encoded.body));
+    let h = response.headers_mut();
+    h.insert(
+        MODEL_VERSION,
+        HeaderValue::from_str(&version_text).expect("digits are a valid header value"),
+    );
+    match encoded.header_length {
+        Some(n) => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,113 @@
+//! The JSON shapes of Triton's extensions and the OIP metadata responses,
+//! built from the routing snapshot.
+
+use serde_json::{Value, json};
+use sluice_registry::{ModelConfig, VersionPolicy};
+use sluice_runtime::{ModelExecutor, StatDuration, TensorSpec};
+
+/// The extensions this server really implements (listed in `GET /v2`).
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+];
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<Value> {
+    specs
+        .iter()
+        .map(|s| json!({ "name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape }))
+        .collect()
+}
+
+/// OIP model metadata. `versions` lists every ready version.
+pub fn model_metadata(name: &str, versions: &[u64], executor: &ModelExecutor) -> Value {
+    json!({
+        "name": name,
+        "versions": versions.iter().map(u64::to_string).collect::<Vec<_>>(),
+        "platform": "onnxruntime_onnx",
+        "inputs": tensor_metadata(&executor.signature().inputs),
+        "outputs": tensor_metadata(&executor.signature().outputs),
+    })
+}
+
+/// Triton's model configuration (the subset that describes an ONNX model).
+pub fn model_config(name: &str, config: &ModelConfig, executor: &ModelExecutor) -> Value {
+    let io = |specs: &[TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|s| {
+                // Triton's dims exclude the batch dimension when the model
+                // batches; with max_batch_size 0 they are the full shape.
+                let dims: &[i64] = if config.max_batch_size > 0 && !s.shape.is_empty() {
+                    &s.shape[1..]
+                } else {
+                    &s.shape
+                };
+                json!({
+                    "name": s.name,
+                    "data_type": s.datatype.triton_config_name(),
+                    "dims": dims,
+                })
+            })
+            .collect()
+    };
+    let version_policy = match &config.version_policy {
+        VersionPolicy::All => json!({ "all": {} }),
+        VersionPolicy::Latest(n) => json!({ "latest": { "num_versions": n } }),
+        VersionPolicy::Specific(v) => json!({ "specific": { "versions": v } }),
+    };
+    let kind = if config
+        .effective_execution_providers()
+        .iter()
+        .any(|ep| ep.as_str() != "cpu")
+    {
+        "KIND_GPU"
+    } else {
+        "KIND_CPU"
+    };
+    json!({
+        "name": name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": version_policy,
+        "max_batch_size": config.max_batch_size,
+        "input": io(&executor.signature().inputs),
+        "output": io(&executor.signature().outputs),
+        "instance_group": [{ "name": format!("{name}_0"), "kind": kind, "count": config.instances }],
+        "default_model_filename": "model.onnx",
+        "parameters": {
+            "execution_providers": { "string_value": config.effective_execution_providers().iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",") },
+            "graph_optimization": { "string_value": format!("{:?}", config.graph_optimization).to_lowercase() },
+            "max_queue_size": { "string_value": config.max_queue_size.to_string() },
+            "queue_timeout_ms": { "string_value": config.queue_timeout_ms.to_string() },
+        },
+    })
+}
+
+fn duration(d: StatDuration) -> Value {
+    json!({ "count": d.count, "ns": d.ns })
+}
+
+/// One entry of Triton's `model_stats` array.
+pub fn model_stats(name: &str, executor: &ModelExecutor) -> Value {
+    let s = executor.stats().snapshot();
+    json!({
+        "name": name,
+        "version": executor.version().to_string(),
+        "last_inference": s.last_inference,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": duration(s.success),
+            "fail": duration(s.fail),
+            "queue": duration(s.queue),
+            "compute_input": duration(s.compute_input),
+            "compute_infer": duration(s.compute_infer),
+            "compute_output": duration(s.compute_output),
+            "cache_hit": duration(StatDuration::default()),
+            "cache_miss": duration(StatDuration::default()),
+        },
+        "batch_stats": [],
+    })
+}

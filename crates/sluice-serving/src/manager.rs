@@ -1,0 +1,551 @@
+//! The reconcile task: the one place where the set of served versions changes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_registry::{
+    ExecutionProvider as RegistryEp, Fingerprint, GraphOptimization as RegistryOpt, ModelConfig, Repository,
+    Verification, VersionEntry,
+};
+use sluice_runtime::{ExecutionProvider, GraphOptimization, ModelExecutor, OrtRuntime, SessionOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::snapshot::{IndexEntry, ModelSnapshot, Snapshot, VersionState};
+
+/// What `load`/`unload` requests can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error("model '{0}' is not in the model repository")]
+    UnknownModel(String),
+    #[error("model '{model}' has no version ready: {reason}")]
+    NotReady { model: String, reason: String },
+    #[error("the model manager has stopped")]
+    Stopped,
+}
+
+/// How the manager runs.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    pub runtime: OrtRuntime,
+    /// Refuse versions without a `manifest.json` (otherwise they load,
+    /// reported as unverified).
+    pub require_manifests: bool,
+    /// Rescan the repository at least this often, whatever the file watcher
+    /// reports (it can miss events on network filesystems).
+    pub rescan_interval: Duration,
+}
+
+enum Command {
+    Reconcile(oneshot::Sender<()>),
+    Load(String, oneshot::Sender<Result<(), ServingError>>),
+    Unload(String, oneshot::Sender<Result<(), ServingError>>),
+}
+
+/// Handle to the reconcile task and its routing snapshot. Cheap to clone.
+#[derive(Clone)]
+pub struct ModelManager {
+    /// Read by every request with one atomic load; written only by the
+    /// reconcile task.
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Requests to the reconcile task. Bounded: callers are admin requests.
+    commands: mpsc::Sender<Command>,
+    root: PathBuf,
+}
+
+impl std::fmt::Debug for ModelManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelManager").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+impl ModelManager {
+    /// Starts the reconcile task on the current tokio runtime. It loads the
+    /// repository in the background: until that first pass finishes the
+    /// snapshot is empty and not `initialised` (the server answers not
+    /// ready). The task stops when every handle is dropped.
+    pub fn start(repo: Repository, options: ManagerOptions) -> ModelManager {
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let (commands, rx) = mpsc::channel(64);
+        let root = repo.root().to_path_buf();
+        let task = Reconciler {
+            repo,
+            options,
+            snapshot: snapshot.clone(),
+            loaded: HashMap::new(),
+            failed: HashMap::new(),
+            unloaded: HashSet::new(),
+            draining: Vec::new(),
+            initialised: false,
+        };
+        tokio::spawn(task.run(rx));
+        ModelManager {
+            snapshot,
+            commands,
+            root,
+        }
+    }
+
+    /// The current routing snapshot: one atomic load, no lock.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    pub fn repository_root(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    /// Rescans the repository now and waits until the snapshot reflects it.
+    pub async fn reconcile(&self) -> Result<(), ServingError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Reconcile(tx)).await.map_err(|_| ServingError::Stopped)?;
+        rx.await.map_err(|_| ServingError::Stopped)
+    }
+
+    /// Triton's repository `load`: serve `model` again if it was unloaded,
+    /// rescan it now, and report whether a version is ready.
+    pub async fn load(&self, model: &str) -> Result<(), ServingError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Load(model.to_string(), tx))
+            .await
+            .map_err(|_| ServingError::Stopped)?;
+        rx.await.map_err(|_| ServingError::Stopped)?
+    }
+
+    /// Triton's repository `unload`: stop routing to `model` (in-flight
+    /// requests finish) until `load` is called for it.
+    pub async fn unload(&self, model: &str) -> Result<(), ServingError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Unload(model.to_string(), tx))
+            .await
+            .map_err(|_| ServingError::Stopped)?;
+        rx.await.map_err(|_| ServingError::Stopped)?
+    }
+}
+
+/// A version that is loaded, with the files it was loaded from.
+struct Loaded {
+    executor: Arc<ModelExecutor>,
+    fingerprint: Fingerprint,
+    verified: bool,
+}
+
+struct Reconciler {
+    repo: Repository,
+    options: ManagerOptions,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// What serves now, per model and version.
+    loaded: HashMap<String, BTreeMap<u64, Loaded>>,
+    /// Versions that failed to load, with the files that failed: not retried
+    /// until those files change.
+    failed: HashMap<(String, u64), (Fingerprint, String)>,
+    /// Models unloaded through the API; the watcher leaves them alone.
+    unloaded: HashSet<String>,
+    /// Versions taken out of routing whose in-flight requests may still run.
+    draining: Vec<(String, u64, Weak<ModelExecutor>)>,
+    initialised: bool,
+}
+
+fn session_options(config: &ModelConfig) -> SessionOptions {
+    SessionOptions {
+        instances: config.instances,
+        intra_op_threads: config.intra_op_threads,
+        inter_op_threads: config.inter_op_threads,
+        graph_optimization: match config.graph_optimization {
+            RegistryOpt::Disable => GraphOptimization::Disable,
+            RegistryOpt::Basic => GraphOptimization::Basic,
+            RegistryOpt::Extended => GraphOptimization::Extended,
+            RegistryOpt::All => GraphOptimization::All,
+        },
+        execution_providers: config
+            .effective_execution_providers()
+            .into_iter()
+            .map(|ep| match ep {
+                RegistryEp::Cuda => ExecutionProvider::Cuda,
+                RegistryEp::Tensorrt => ExecutionProvider::Tensorrt,
+                RegistryEp::Cpu => ExecutionProvider::Cpu,
+            })
+            .collect(),
+        max_queue_size: config.max_queue_size,
+        queue_timeout: config.queue_timeout(),
+        warmup: config.warmup,
+    }
+}
+
+impl Reconciler {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut watcher = match sluice_registry::watch(self.repo.root(), self.options.rescan_interval) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the model repository; rescanning periodically");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(self.options.rescan_interval);
+        self.reconcile().await;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None => break,
+                    Some(Command::Reconcile(reply)) => {
+                        self.reconcile().await;
+                        let _ = reply.send(());
+                    }
+                    Some(Command::Load(model, reply)) => {
+                        self.unloaded.remove(&model);
+                        // An explicit load retries versions that failed before.
+                        self.failed.retain(|(m, _), _| *m != model);
+                        self.reconcile().await;
+                        let _ = reply.send(self.readiness(&model));
+                    }
+                    Some(Command::Unload(model, reply)) => {
+                        let known = self.snapshot.load().knows(&model);
+                        if known {
+                            self.unloaded.insert(model);
+                            self.reconcile().await;
+                            let _ = reply.send(Ok(()));
+                        } else {
+                            let _ = reply.send(Err(ServingError::UnknownModel(model)));
+                        }
+                    }
+                },
+                _ = async { match watcher.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                    self.reconcile().await;
+                }
+                _ = tick.tick() => {
+                    self.reconcile().await;
+                }
+            }
+        }
+        tracing::debug!("model manager stopped");
+    }
+
+    fn readiness(&self, model: &str) -> Result<(), ServingError> {
+        let snap = self.snapshot.load();
+        if snap.model(model).is_some_and(|m| !m.versions.is_empty()) {
+            return Ok(());
+        }
+        if !snap.knows(model) {
+            return Err(ServingError::UnknownModel(model.to_string()));
+        }
+        let reason = snap
+            .index
+            .iter()
+            .filter(|e| e.name == model && !e.reason.is_empty())
+            .map(|e| {
+                if e.version.is_empty() {
+                    e.reason.clone()
+                } else {
+                    format!("version {}: {}", e.version, e.reason)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ServingError::NotReady {
+            model: model.to_string(),
+            reason,
+        })
+    }
+
+    async fn reconcile(&mut self) {
+        let scan = match self.repo.scan() {
+            Ok(scan) => scan,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot scan the model repository; serving what was loaded");
+                return;
+            }
+        };
+        let mut index = Vec::new();
+        let mut models = HashMap::new();
+        let mut keep: HashSet<String> = HashSet::new();
+        for (name, entry) in &scan.models {
+            keep.insert(name.clone());
+            if self.unloaded.contains(name) {
+                self.retire_model(name);
+                index.push(IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: VersionState::Unavailable,
+                    reason: "unloaded through the repository API; load it to serve it again".into(),
+                    verified: None,
+                });
+                continue;
+            }
+            let config = match &entry.config {
+                Ok(config) => config.clone(),
+                Err(message) => {
+                    tracing::error!(model = %name, error = %message, "invalid model.toml; keeping what serves");
+                    index.push(IndexEntry {
+                        name: name.clone(),
+                        version: String::new(),
+                        state: VersionState::Unavailable,
+                        reason: message.clone(),
+                        verified: None,
+                    });
+                    // Keep serving the versions loaded under the last good config.
+                    if let Some(previous) = self.snapshot.load().model(name) {
+                        models.insert(name.clone(), previous.clone());
+                        self.index_loaded(name, &mut index);
+                    }
+                    continue;
+                }
+            };
+            self.reconcile_model(name, entry.versions.clone(), &config, &mut index).await;
+            let versions = self
+                .loaded
+                .get(name)
+                .map(|l| l.iter().map(|(v, l)| (*v, l.executor.clone())).collect())
+                .unwrap_or_default();
+            models.insert(
+                name.clone(),
+                Arc::new(ModelSnapshot {
+                    name: name.clone(),
+                    config,
+                    versions,
+                }),
+            );
+        }
+        let gone: Vec<String> = self.loaded.keys().filter(|m| !keep.contains(*m)).cloned().collect();
+        for model in gone {
+            tracing::info!(model = %model, "model removed from the repository");
+            self.retire_model(&model);
+        }
+        self.failed.retain(|(m, v), _| scan.models.get(m).is_some_and(|e| e.versions.contains_key(v)));
+        self.initialised = true;
+        self.snapshot.store(Arc::new(Snapshot {
+            models,
+            index,
+            initialised: true,
+        }));
+        self.report_drained();
+    }
+
+    fn index_loaded(&self, name: &str, index: &mut Vec<IndexEntry>) {
+        for (v, l) in self.loaded.get(name).into_iter().flatten() {
+            index.push(IndexEntry {
+                name: name.to_string(),
+                version: v.to_string(),
+                state: VersionState::Ready,
+                reason: String::new(),
+                verified: Some(l.verified),
+            });
+        }
+    }
+
+    /// Brings one model's loaded versions in line with its directory.
+    async fn reconcile_model(
+        &mut self,
+        name: &str,
+        on_disk: BTreeMap<u64, VersionEntry>,
+        config: &ModelConfig,
+        index: &mut Vec<IndexEntry>,
+    ) {
+        let present: std::collections::BTreeSet<u64> =
+            on_disk.values().filter(|e| e.model_present).map(|e| e.version).collect();
+        let wanted = config.selected_versions(&present);
+        let mut current = self.loaded.remove(name).unwrap_or_default();
+        let mut next: BTreeMap<u64, Loaded> = BTreeMap::new();
+        let mut rows: BTreeMap<u64, IndexEntry> = BTreeMap::new();
+
+        for &version in &wanted {
+            let entry = &on_disk[&version];
+            if let Some(loaded) = current.get(&version)
+                && loaded.fingerprint == entry.fingerprint
+            {
+                next.insert(version, current.remove(&version).expect("checked above"));
+                continue;
+            }
+            if let Some((fingerprint, reason)) = self.failed.get(&(name.to_string(), version))
+                && *fingerprint == entry.fingerprint
+            {
+                rows.insert(version, unavailable(name, version, reason.clone()));
+                continue;
+            }
+            // The version serving now is the reference for the new
+            // signature: the highest loaded version, new or kept.
+            let reference = next
+                .values()
+                .chain(current.values())
+                .max_by_key(|l| l.executor.version())
+                .map(|l| l.executor.clone());
+            match self.load_version(name, entry, config, reference.as_deref()).await {
+                Ok(loaded) => {
+                    self.failed.remove(&(name.to_string(), version));
+                    if let Some(old) = current.remove(&version) {
+                        self.retire(name, old);
+                    }
+                    next.insert(version, loaded);
+                }
+                Err(reason) => {
+                    tracing::error!(model = %name, version, %reason, "version not loaded");
+                    self.failed
+                        .insert((name.to_string(), version), (entry.fingerprint.clone(), reason.clone()));
+                    // A version whose files changed in place and fail to load
+                    // keeps serving from what was loaded before.
+                    if let Some(old) = current.remove(&version) {
+                        next.insert(version, old);
+                    }
+                    rows.insert(version, unavailable(name, version, reason));
+                }
+            }
+        }
+
+        // If none of the wanted versions could load, the versions serving
+        // before keep serving (as long as their files are still there).
+        if next.is_empty() {
+            let survivors: Vec<u64> = current
+                .keys()
+                .copied()
+                .filter(|v| on_disk.get(v).is_some_and(|e| e.model_present))
+                .collect();
+            for v in survivors {
+                if let Some(l) = current.remove(&v) {
+                    tracing::warn!(model = %name, version = v, "no wanted version loaded; the serving version keeps serving");
+                    next.insert(v, l);
+                }
+            }
+        }
+        for (_, old) in std::mem::take(&mut current) {
+            self.retire(name, old);
+        }
+        for (v, l) in &next {
+            rows.insert(
+                *v,
+                IndexEntry {
+                    name: name.to_string(),
+                    version: v.to_string(),
+                    state: VersionState::Ready,
+                    reason: String::new(),
+                    verified: Some(l.verified),
+                },
+            );
+        }
+        for (v, e) in &on_disk {
+            if rows.contains_key(v) {
+                continue;
+            }
+            let reason = if !e.model_present {
+                "no model.onnx in the version directory".to_string()
+            } else {
+                "not selected by the model's version_policy".to_string()
+            };
+            rows.insert(*v, unavailable(name, *v, reason));
+        }
+        if rows.is_empty() {
+            index.push(IndexEntry {
+                name: name.to_string(),
+                version: String::new(),
+                state: VersionState::Unavailable,
+                reason: "no version directory".into(),
+                verified: None,
+            });
+        }
+        index.extend(rows.into_values());
+        if !next.is_empty() {
+            self.loaded.insert(name.to_string(), next);
+        }
+    }
+
+    async fn load_version(
+        &self,
+        name: &str,
+        entry: &VersionEntry,
+        config: &ModelConfig,
+        reference: Option<&ModelExecutor>,
+    ) -> Result<Loaded, String> {
+        let runtime = self.options.runtime.clone();
+        let require = self.options.require_manifests;
+        let model = name.to_string();
+        let version_entry = entry.clone();
+        let options = session_options(config);
+        tracing::info!(model = %name, version = entry.version, "loading version");
+        let started = std::time::Instant::now();
+        // Hashing and session creation are blocking work.
+        let result = tokio::task::spawn_blocking(move || {
+            let verified = match sluice_registry::verify(&version_entry, &model).map_err(|e| e.to_string())? {
+                Verification::Verified(_) => true,
+                Verification::Unverified if require => {
+                    return Err(format!(
+                        "{} has no manifest.json and the server requires manifests (publish it with `sluice models publish`)",
+                        version_entry.dir.display()
+                    ));
+                }
+                Verification::Unverified => false,
+            };
+            let executor = ModelExecutor::load(&runtime, &model, version_entry.version, &version_entry.model_file, options)
+                .map_err(|e| e.to_string())?;
+            Ok((executor, verified))
+        })
+        .await
+        .map_err(|e| format!("loader thread failed: {e}"))?;
+        let (executor, verified) = result?;
+        if let Some(reference) = reference
+            && reference.version() != entry.version
+            && let Some(difference) = reference.signature().incompatibility(executor.signature())
+        {
+            if config.allow_signature_change {
+                tracing::warn!(model = %name, version = entry.version, %difference, "signature changed (allowed by model.toml)");
+            } else {
+                return Err(format!(
+                    "its signature is incompatible with serving version {}: {difference}; \
+                     set allow_signature_change = true in model.toml to allow it",
+                    reference.version()
+                ));
+            }
+        }
+        tracing::info!(
+            model = %name,
+            version = entry.version,
+            verified,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "version ready"
+        );
+        Ok(Loaded {
+            executor: Arc::new(executor),
+            fingerprint: entry.fingerprint.clone(),
+            verified,
+        })
+    }
+
+    fn retire_model(&mut self, name: &str) {
+        if let Some(versions) = self.loaded.remove(name) {
+            for (_, l) in versions {
+                self.retire(name, l);
+            }
+        }
+    }
+
+    /// Takes a version out of routing (the caller leaves it out of the next
+    /// snapshot); requests holding it finish before its sessions drop.
+    fn retire(&mut self, name: &str, loaded: Loaded) {
+        let version = loaded.executor.version();
+        tracing::info!(model = %name, version, "version retired; draining in-flight requests");
+        self.draining
+            .push((name.to_string(), version, Arc::downgrade(&loaded.executor)));
+    }
+
+    fn report_drained(&mut self) {
+        self.draining.retain(|(model, version, weak)| {
+            let alive = weak.strong_count() > 0;
+            if !alive {
+                tracing::info!(model = %model, version, "version unloaded");
+            }
+            alive
+        });
+    }
+}
+
+fn unavailable(name: &str, version: u64, reason: String) -> IndexEntry {
+    IndexEntry {
+        name: name.to_string(),
+        version: version.to_string(),
+        state: VersionState::Unavailable,
+        reason,
+        verified: None,
+    }
+}
+

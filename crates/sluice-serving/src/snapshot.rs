@@ -1,0 +1,78 @@
+//! The immutable routing snapshot the request path reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sluice_registry::ModelConfig;
+use sluice_runtime::ModelExecutor;
+
+/// The state of one version, as the repository index reports it (Triton's
+/// names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VersionState {
+    Ready,
+    Loading,
+    Unavailable,
+}
+
+/// One row of the repository index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    /// Empty for a model-level row (a model with no version at all, or an
+    /// invalid `model.toml`).
+    pub version: String,
+    pub state: VersionState,
+    /// Why it is not ready; empty when it is.
+    pub reason: String,
+    /// Whether its manifest matched (`Some(true)`), or there was none
+    /// (`Some(false)`); `None` when not loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+}
+
+/// One model as requests see it.
+#[derive(Debug)]
+pub struct ModelSnapshot {
+    pub name: String,
+    pub config: ModelConfig,
+    /// Ready versions only: everything here can answer now.
+    pub versions: BTreeMap<u64, Arc<ModelExecutor>>,
+}
+
+impl ModelSnapshot {
+    /// The version a request without one goes to: the highest ready version.
+    pub fn default_version(&self) -> Option<&Arc<ModelExecutor>> {
+        self.versions.values().next_back()
+    }
+}
+
+/// Everything the request path needs, swapped as one value.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Models with at least one version known (ready or not).
+    pub models: HashMap<String, Arc<ModelSnapshot>>,
+    /// Every model and version the manager knows of, for the index.
+    pub index: Vec<IndexEntry>,
+    /// True once the first reconcile finished (the server is ready).
+    pub initialised: bool,
+}
+
+impl Snapshot {
+    pub fn model(&self, name: &str) -> Option<&Arc<ModelSnapshot>> {
+        self.models.get(name)
+    }
+
+    /// Whether any row of the index names this model.
+    pub fn knows(&self, name: &str) -> bool {
+        self.index.iter().any(|e| e.name == name)
+    }
+
+    /// The index rows of one version, if the manager knows it.
+    pub fn version_entry(&self, name: &str, version: u64) -> Option<&IndexEntry> {
+        let v = version.to_string();
+        self.index.iter().find(|e| e.name == name && e.version == v)
+    }
+}
