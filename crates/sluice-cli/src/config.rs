@@ -72,7 +72,8 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 }
@@ -103,12 +104,19 @@ impl ServeSettings {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let from_file = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { base.join(p) } else { p });
-        let rescan_ms = args.rescan_interval_ms.or(file.rescan_interval_ms).unwrap_or(2000);
+        let from_file =
+            |p: Option<PathBuf>| p.map(|p| if p.is_relative() { base.join(p) } else { p });
+        let rescan_ms = args
+            .rescan_interval_ms
+            .or(file.rescan_interval_ms)
+            .unwrap_or(2000);
         if rescan_ms == 0 {
             anyhow::bail!("rescan_interval_ms must be at least 1");
         }
-        let max_body_bytes = args.max_body_bytes.or(file.max_body_bytes).unwrap_or(64 * 1024 * 1024);
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(64 * 1024 * 1024);
         if max_body_bytes == 0 {
             anyhow::bail!("max_body_bytes must be at least 1");
         }
@@ -121,11 +129,20 @@ impl ServeSettings {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
-            require_manifests: args.require_manifests.or(file.require_manifests).unwrap_or(false),
+            require_manifests: args
+                .require_manifests
+                .or(file.require_manifests)
+                .unwrap_or(false),
             rescan_interval: Duration::from_millis(rescan_ms),
             ort_lib: args.ort_lib.or_else(|| from_file(file.ort_lib)),
-            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
-            log: args.log.or(file.log).unwrap_or_else(|| "info,ort=warn".into()),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            log: args
+                .log
+                .or(file.log)
+                .unwrap_or_else(|| "info,ort=warn".into()),
             http: sluice_server::HttpOptions {
                 max_body_bytes,
                 ..Default::default()
@@ -155,7 +172,11 @@ mod tests {
     fn flags_override_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, "models = \"repo\"\nhttp_addr = \"127.0.0.1:9000\"\nmax_body_bytes = 10\n").unwrap();
+        std::fs::write(
+            &path,
+            "models = \"repo\"\nhttp_addr = \"127.0.0.1:9000\"\nmax_body_bytes = 10\n",
+        )
+        .unwrap();
         let s = ServeSettings::resolve(ServeArgs {
             config: Some(path.clone()),
             max_body_bytes: Some(20),

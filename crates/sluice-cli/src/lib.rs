@@ -120,8 +120,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 println!("{name}{config}");
                 for (v, e) in &entry.versions {
-                    let manifest = if e.manifest_file.is_some() { "manifest" } else { "no manifest" };
-                    let file = if e.model_present { "model.onnx" } else { "no model.onnx" };
+                    let manifest = if e.manifest_file.is_some() {
+                        "manifest"
+                    } else {
+                        "no manifest"
+                    };
+                    let file = if e.model_present {
+                        "model.onnx"
+                    } else {
+                        "no model.onnx"
+                    };
                     println!("  {v}  {file}, {manifest}");
                 }
             }

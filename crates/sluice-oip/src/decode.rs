@@ -102,12 +102,7 @@ pub fn decode_infer_response(
         None => String::new(),
         Some(Value::String(s)) => s,
         Some(other) => {
-            return Err(wrong_type(
-                "response",
-                "model_version",
-                "a string",
-                &other,
-            ));
+            return Err(wrong_type("response", "model_version", "a string", &other));
         }
     };
     let id = match wire.id {
@@ -394,10 +389,20 @@ fn decode_tensors(
             }
             Some(Value::String(s)) => match DataType::parse(&s) {
                 Some(d) => d,
-                None => return Err(DecodeError::UnknownDatatype { tensor: tref, got: s }),
+                None => {
+                    return Err(DecodeError::UnknownDatatype {
+                        tensor: tref,
+                        got: s,
+                    });
+                }
             },
             Some(other) => {
-                return Err(wrong_type(&tref.to_string(), "datatype", "a string", &other));
+                return Err(wrong_type(
+                    &tref.to_string(),
+                    "datatype",
+                    "a string",
+                    &other,
+                ));
             }
         };
         let Some(shape_raw) = wire.shape else {
@@ -415,13 +420,17 @@ fn decode_tensors(
         // The byte size must be representable too (it is never allocated
         // up front; data is checked against it before anything is built).
         let expected_bytes = match dtype.element_size() {
-            Some(size) => Some(expected.checked_mul(size).ok_or_else(|| {
-                DecodeError::InvalidShape {
-                    tensor: tref.clone(),
-                    shape: shape_raw.get().to_string(),
-                    reason: format!("its size in bytes as {dtype} overflows"),
-                }
-            })?),
+            Some(size) => {
+                Some(
+                    expected
+                        .checked_mul(size)
+                        .ok_or_else(|| DecodeError::InvalidShape {
+                            tensor: tref.clone(),
+                            shape: shape_raw.get().to_string(),
+                            reason: format!("its size in bytes as {dtype} overflows"),
+                        })?,
+                )
+            }
             None => None,
         };
 
@@ -508,11 +517,12 @@ fn parse_shape(raw: &RawValue, tref: &TensorRef) -> Result<Vec<i64>, DecodeError
         reason,
     };
     if json_kind(raw.get()) != Some("an array") {
-        return Err(invalid("it must be an array of non-negative integers".into()));
+        return Err(invalid(
+            "it must be an array of non-negative integers".into(),
+        ));
     }
     // Elements as `Number`s: arbitrary JSON numbers, no nested values.
-    let dims: Vec<Value> =
-        serde_json::from_str(raw.get()).map_err(|e| invalid(e.to_string()))?;
+    let dims: Vec<Value> = serde_json::from_str(raw.get()).map_err(|e| invalid(e.to_string()))?;
     dims.iter()
         .enumerate()
         .map(|(i, d)| match d {
@@ -576,8 +586,8 @@ fn decode_binary_data(
                 remaining,
             });
         }
-        let len = u32::from_le_bytes([blob[pos], blob[pos + 1], blob[pos + 2], blob[pos + 3]])
-            as usize;
+        let len =
+            u32::from_le_bytes([blob[pos], blob[pos + 1], blob[pos + 2], blob[pos + 3]]) as usize;
         if len > remaining - 4 {
             return Err(DecodeError::BytesElementTruncated {
                 tensor: tref.clone(),
@@ -754,18 +764,23 @@ impl Sink<'_> {
             DataType::Fp32 => &(v as f32).to_le_bytes(),
             DataType::Fp64 => &v.to_le_bytes(),
             DataType::Bool => {
-                return Err(self.fail(v.to_string(), "BOOL accepts only true or false"));
+                return Err(self.fail(format!("{v:?}"), "BOOL accepts only true or false"));
             }
-            DataType::Bytes => return Err(self.fail(v.to_string(), "BYTES accepts only strings")),
+            DataType::Bytes => {
+                return Err(self.fail(format!("{v:?}"), "BYTES accepts only strings"));
+            }
             _ => {
                 let reason = match int_range(self.dtype) {
                     // JSON integers too large for 64 bits arrive as floats.
-                    Some((lo, hi)) if v.is_finite() && v.fract() == 0.0 => {
+                    Some((lo, hi)) if v.fract() == 0.0 && (v < lo as f64 || v > hi as f64) => {
                         format!("out of range for {} ({lo}..={hi})", self.dtype)
                     }
-                    _ => format!("{} accepts only integers", self.dtype),
+                    _ => format!(
+                        "{} accepts only integers (no fraction or exponent)",
+                        self.dtype
+                    ),
                 };
-                return Err(self.fail(v.to_string(), reason));
+                return Err(self.fail(format!("{v:?}"), reason));
             }
         };
         if self.admit() {

@@ -39,7 +39,9 @@ fn request_round_trips_every_datatype_as_binary() {
     for dtype in DataType::ALL {
         let req = request(vec![named("x", sample(dtype, false))]);
         let enc = encode_infer_request(&req, |_| true);
-        let header_length = enc.header_length.expect("binary request has a header length");
+        let header_length = enc
+            .header_length
+            .expect("binary request has a header length");
         let header = json_of(&enc.body[..header_length]);
         assert_eq!(
             header["inputs"][0]["parameters"]["binary_data_size"],
@@ -102,7 +104,12 @@ fn response_json_text_is_exact() {
                 tensor: Tensor::from_raw(
                     DataType::Int64,
                     vec![2, 1],
-                    Bytes::from([-1i64, 2].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()),
+                    Bytes::from(
+                        [-1i64, 2]
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes())
+                            .collect::<Vec<_>>(),
+                    ),
                 )
                 .unwrap(),
                 binary_data: false,
@@ -162,8 +169,12 @@ fn response_json_text_is_exact() {
 
 #[test]
 fn response_binary_layout_and_chunks() {
-    let f = Tensor::from_raw(DataType::Fp32, vec![2], Bytes::from(vec![0, 0, 128, 63, 0, 0, 0, 64]))
-        .unwrap();
+    let f = Tensor::from_raw(
+        DataType::Fp32,
+        vec![2],
+        Bytes::from(vec![0, 0, 128, 63, 0, 0, 0, 64]),
+    )
+    .unwrap();
     let s = Tensor::from_bytes_elements(vec![2], vec![Bytes::from_static(b"ab"), Bytes::new()])
         .unwrap();
     let resp = InferResponse {
@@ -172,9 +183,21 @@ fn response_binary_layout_and_chunks() {
         id: None,
         parameters: None,
         outputs: vec![
-            ResponseOutput { name: "f".into(), tensor: f.clone(), binary_data: true },
-            ResponseOutput { name: "j".into(), tensor: f.clone(), binary_data: false },
-            ResponseOutput { name: "s".into(), tensor: s, binary_data: true },
+            ResponseOutput {
+                name: "f".into(),
+                tensor: f.clone(),
+                binary_data: true,
+            },
+            ResponseOutput {
+                name: "j".into(),
+                tensor: f.clone(),
+                binary_data: false,
+            },
+            ResponseOutput {
+                name: "s".into(),
+                tensor: s,
+                binary_data: true,
+            },
         ],
     };
     let enc = encode_infer_response(&resp);
@@ -189,7 +212,12 @@ fn response_binary_layout_and_chunks() {
             r#"{"name":"s","datatype":"BYTES","shape":[2],"parameters":{"binary_data_size":10}}]}"#
         )
     );
-    assert_eq!(&enc.body[h..], &[0, 0, 128, 63, 0, 0, 0, 64, 2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
+    assert_eq!(
+        &enc.body[h..],
+        &[
+            0, 0, 128, 63, 0, 0, 0, 64, 2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0
+        ]
+    );
 
     // The chunked form is the same body, and shares the tensor's buffer.
     let chunks = encode_infer_response_chunks(&resp);
@@ -197,7 +225,9 @@ fn response_binary_layout_and_chunks() {
     assert_eq!(chunks.chunks.len(), 3);
     assert_eq!(chunks.len(), enc.body.len());
     assert_eq!(chunks.chunks.concat(), enc.body.to_vec());
-    let TensorData::Raw(f_raw) = f.data() else { unreachable!() };
+    let TensorData::Raw(f_raw) = f.data() else {
+        unreachable!()
+    };
     assert_eq!(chunks.chunks[1].as_ptr(), f_raw.as_ptr());
 }
 
@@ -226,7 +256,10 @@ fn nested_data_is_flattened_row_major() {
         {"name":"b","shape":[3],"datatype":"BOOL","data":[[true],[false,true]]}]}"#;
     let req = decode_infer_request(Bytes::from(text), None).unwrap();
     match req.inputs[0].tensor.data() {
-        TensorData::Bytes(e) => assert_eq!(e, &["a", "b", "c", "d"].map(|s| Bytes::from_static(s.as_bytes()))),
+        TensorData::Bytes(e) => assert_eq!(
+            e,
+            &["a", "b", "c", "d"].map(|s| Bytes::from_static(s.as_bytes()))
+        ),
         TensorData::Raw(_) => panic!(),
     }
     assert_eq!(&raw(&req.inputs[1].tensor)[..], &[1, 0, 1]);
@@ -248,16 +281,26 @@ fn json_numbers_convert_per_datatype() {
         .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
         .collect();
     assert_eq!(t(0), f16s);
-    assert_eq!(half::f16::from_le_bytes([t(0)[4], t(0)[5]]), half::f16::INFINITY);
+    assert_eq!(
+        half::f16::from_le_bytes([t(0)[4], t(0)[5]]),
+        half::f16::INFINITY
+    );
     let bf16s: Vec<u8> = [-3.0f64, 0.1]
         .iter()
         .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
         .collect();
     assert_eq!(t(1), bf16s);
-    assert_eq!(t(2), [16_777_216f32.to_le_bytes(), 0f32.to_le_bytes()].concat());
+    assert_eq!(
+        t(2),
+        [16_777_216f32.to_le_bytes(), 0f32.to_le_bytes()].concat()
+    );
     assert_eq!(
         t(3),
-        [18446744073709551615f64.to_le_bytes(), (-0.0f64).to_le_bytes()].concat()
+        [
+            18446744073709551615f64.to_le_bytes(),
+            (-0.0f64).to_le_bytes()
+        ]
+        .concat()
     );
     assert_eq!(t(4), u64::MAX.to_le_bytes());
     assert_eq!(t(5), [0x80, 0x7f]);
@@ -273,14 +316,24 @@ fn bytes_in_both_encodings() {
     );
     let (b, h) = body(&json, bin);
     let req = decode_infer_request(b, h).unwrap();
-    let TensorData::Bytes(e) = req.inputs[0].tensor.data() else { panic!() };
-    assert_eq!(e, &[&b"\xff\x00a"[..], b"", b"z"].map(Bytes::copy_from_slice));
+    let TensorData::Bytes(e) = req.inputs[0].tensor.data() else {
+        panic!()
+    };
+    assert_eq!(
+        e,
+        &[&b"\xff\x00a"[..], b"", b"z"].map(Bytes::copy_from_slice)
+    );
 
     // JSON: strings with escapes become their UTF-8 bytes.
     let text = r#"{"inputs":[{"name":"s","shape":[3],"datatype":"BYTES","data":["a\"\\\n","\u00e9\ud83d\ude00",""]}]}"#;
     let req = decode_infer_request(Bytes::from(text), None).unwrap();
-    let TensorData::Bytes(e) = req.inputs[0].tensor.data() else { panic!() };
-    assert_eq!(e, &["a\"\\\n", "é😀", ""].map(|s| Bytes::copy_from_slice(s.as_bytes())));
+    let TensorData::Bytes(e) = req.inputs[0].tensor.data() else {
+        panic!()
+    };
+    assert_eq!(
+        e,
+        &["a\"\\\n", "é😀", ""].map(|s| Bytes::copy_from_slice(s.as_bytes()))
+    );
 }
 
 #[test]
@@ -290,19 +343,32 @@ fn mixed_json_and_binary_inputs_in_one_request() {
         named("b", sample(DataType::Int64, true)),
         named("c", sample(DataType::Bytes, false)),
         named("d", sample(DataType::Bytes, true)),
-        named("e", Tensor::from_raw(DataType::Uint8, vec![0, 3], Bytes::new()).unwrap()),
+        named(
+            "e",
+            Tensor::from_raw(DataType::Uint8, vec![0, 3], Bytes::new()).unwrap(),
+        ),
         named("f", sample(DataType::Bool, true)),
     ]);
     let binary = |n: &sluice_oip::NamedTensor| matches!(n.name.as_str(), "a" | "c" | "e");
     let enc = encode_infer_request(&req, binary);
     let h = enc.header_length.unwrap();
     let header = json_of(&enc.body[..h]);
-    for (i, is_binary) in [true, false, true, false, true, false].into_iter().enumerate() {
+    for (i, is_binary) in [true, false, true, false, true, false]
+        .into_iter()
+        .enumerate()
+    {
         let input = &header["inputs"][i];
         assert_eq!(input.get("data").is_none(), is_binary, "{input}");
-        assert_eq!(input["parameters"]["binary_data_size"].is_u64(), is_binary, "{input}");
+        assert_eq!(
+            input["parameters"]["binary_data_size"].is_u64(),
+            is_binary,
+            "{input}"
+        );
     }
-    assert_eq!(header["inputs"][4]["parameters"]["binary_data_size"], json!(0));
+    assert_eq!(
+        header["inputs"][4]["parameters"]["binary_data_size"],
+        json!(0)
+    );
     let back = decode_infer_request(enc.body, enc.header_length).unwrap();
     assert_eq!(back, req);
 }
@@ -325,7 +391,9 @@ fn binary_inputs_are_zero_copy_slices_of_the_body() {
     let f_raw = raw(&req.inputs[1].tensor);
     assert_eq!(f_raw.as_ptr() as usize, base);
     assert_eq!(&f_raw[..], &f[..]);
-    let TensorData::Bytes(e) = req.inputs[2].tensor.data() else { panic!() };
+    let TensorData::Bytes(e) = req.inputs[2].tensor.data() else {
+        panic!()
+    };
     assert_eq!(e[0].as_ptr() as usize, base + 64 + 4);
     assert_eq!(e[1].as_ptr() as usize, base + 64 + 4 + 2 + 4);
     assert_eq!(&e[0][..], b"hi");
@@ -346,9 +414,18 @@ fn requested_outputs_and_binary_flags() {
     assert_eq!(
         req.outputs,
         Some(vec![
-            RequestedOutput { name: "y".into(), binary_data: false },
-            RequestedOutput { name: "z".into(), binary_data: true },
-            RequestedOutput { name: "w".into(), binary_data: true },
+            RequestedOutput {
+                name: "y".into(),
+                binary_data: false
+            },
+            RequestedOutput {
+                name: "z".into(),
+                binary_data: true
+            },
+            RequestedOutput {
+                name: "w".into(),
+                binary_data: true
+            },
         ])
     );
     assert!(!req.output_binary("y"));
@@ -356,7 +433,8 @@ fn requested_outputs_and_binary_flags() {
     assert!(req.output_binary("unlisted"));
 
     // Without binary_data_output, outputs default to JSON.
-    let text = r#"{"inputs":[],"outputs":[{"name":"y"}, {"name":"z","parameters":{"binary_data":true}}]}"#;
+    let text =
+        r#"{"inputs":[],"outputs":[{"name":"y"}, {"name":"z","parameters":{"binary_data":true}}]}"#;
     let req = decode_infer_request(Bytes::from(text), None).unwrap();
     assert!(!req.binary_data_output);
     assert_eq!(req.outputs.as_ref().unwrap()[0].binary_data, false);
@@ -373,14 +451,24 @@ fn requested_outputs_and_binary_flags() {
     let mut req = request(vec![named("x", sample(DataType::Uint8, true))]);
     req.id = Some("abc".into());
     req.binary_data_output = true;
-    req.parameters.insert("binary_data_output".into(), json!(true));
+    req.parameters
+        .insert("binary_data_output".into(), json!(true));
     req.parameters.insert("custom".into(), json!({"k": [1, 2]}));
     req.outputs = Some(vec![
-        RequestedOutput { name: "p".into(), binary_data: false },
-        RequestedOutput { name: "q".into(), binary_data: true },
+        RequestedOutput {
+            name: "p".into(),
+            binary_data: false,
+        },
+        RequestedOutput {
+            name: "q".into(),
+            binary_data: true,
+        },
     ]);
     let enc = encode_infer_request(&req, |_| true);
-    assert_eq!(decode_infer_request(enc.body, enc.header_length).unwrap(), req);
+    assert_eq!(
+        decode_infer_request(enc.body, enc.header_length).unwrap(),
+        req
+    );
 }
 
 #[test]

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use sluice_runtime::{ExecutionProvider, GraphOptimization};
+
 use crate::RegistryError;
 
 /// The most sessions one version may run in parallel.
@@ -90,49 +92,6 @@ impl Default for ModelConfig {
             max_batch_size: 0,
             warmup: true,
         }
-    }
-}
-
-/// ONNX Runtime's graph optimisation levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GraphOptimization {
-    /// No rewriting at all.
-    Disable,
-    /// Semantics-preserving rewrites such as constant folding.
-    Basic,
-    /// `basic` plus fusions of common operator patterns.
-    Extended,
-    /// Everything, including layout optimisations.
-    All,
-}
-
-/// An ONNX Runtime execution provider Sluice knows how to register.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionProvider {
-    /// NVIDIA CUDA.
-    Cuda,
-    /// NVIDIA TensorRT (falls back to CUDA/CPU for unsupported nodes).
-    Tensorrt,
-    /// The default CPU provider; always available.
-    Cpu,
-}
-
-impl ExecutionProvider {
-    /// The name used in `model.toml` (`"cuda"`, `"tensorrt"`, `"cpu"`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutionProvider::Cuda => "cuda",
-            ExecutionProvider::Tensorrt => "tensorrt",
-            ExecutionProvider::Cpu => "cpu",
-        }
-    }
-}
-
-impl std::fmt::Display for ExecutionProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

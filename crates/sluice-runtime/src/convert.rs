@@ -38,14 +38,18 @@ pub fn to_ort(tensor: &Tensor) -> Result<DynValue, String> {
                 .enumerate()
                 .map(|(i, e)| {
                     if e.contains(&0) {
-                        return Err(format!("BYTES element {i} contains a NUL byte, which ONNX strings cannot hold"));
+                        return Err(format!(
+                            "BYTES element {i} contains a NUL byte, which ONNX strings cannot hold"
+                        ));
                     }
-                    String::from_utf8(e.to_vec())
-                        .map_err(|_| format!("BYTES element {i} is not valid UTF-8, which ONNX strings require"))
+                    String::from_utf8(e.to_vec()).map_err(|_| {
+                        format!("BYTES element {i} is not valid UTF-8, which ONNX strings require")
+                    })
                 })
                 .collect::<Result<Vec<String>, String>>()?;
             let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            let array = ort::value::Tensor::from_string_array((shape, strings.as_slice())).map_err(|e| e.to_string())?;
+            let array = ort::value::Tensor::from_string_array((shape, strings.as_slice()))
+                .map_err(|e| e.to_string())?;
             Ok(array.into_dyn())
         }
     }

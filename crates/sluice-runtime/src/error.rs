@@ -13,7 +13,9 @@ pub enum RuntimeError {
          or point ORT_DYLIB_PATH at libonnxruntime.so"
     )]
     NotFound { looked: String },
-    #[error("ORT_DYLIB_PATH names {path}, which does not exist. Unset it, or fetch the library with `make ort`")]
+    #[error(
+        "ORT_DYLIB_PATH names {path}, which does not exist. Unset it, or fetch the library with `make ort`"
+    )]
     ExplicitMissing { path: PathBuf },
     #[error("could not load ONNX Runtime from {path}: {message}")]
     Load { path: PathBuf, message: String },
@@ -43,13 +45,17 @@ pub enum LoadError {
 pub enum InferError {
     #[error("{0}")]
     Invalid(String),
-    #[error("the queue of model '{model}' version {version} is full ({capacity} waiting); retry later")]
+    #[error(
+        "the queue of model '{model}' version {version} is full ({capacity} waiting); retry later"
+    )]
     QueueFull {
         model: String,
         version: u64,
         capacity: usize,
     },
-    #[error("request waited {waited_ms} ms in the queue of model '{model}' version {version}, past its timeout of {timeout_ms} ms")]
+    #[error(
+        "request waited {waited_ms} ms in the queue of model '{model}' version {version}, past its timeout of {timeout_ms} ms"
+    )]
     QueueTimeout {
         model: String,
         version: u64,

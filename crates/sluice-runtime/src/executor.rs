@@ -27,25 +27,48 @@ use crate::library::OrtRuntime;
 use crate::signature::Signature;
 use crate::stats::VersionStats;
 
-/// An ONNX Runtime execution provider. CPU is always appended last, so a
-/// model whose preferred provider is unavailable here still runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionProvider {
-    Cpu,
-    Cuda,
-    Tensorrt,
-}
-
-/// ONNX Runtime's graph optimization level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// ONNX Runtime's graph optimisation levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GraphOptimization {
+    /// No rewriting at all.
     Disable,
+    /// Semantics-preserving rewrites such as constant folding.
     Basic,
+    /// `basic` plus fusions of common operator patterns.
     Extended,
+    /// Everything, including layout optimisations.
     #[default]
     All,
+}
+
+/// An ONNX Runtime execution provider Sluice knows how to register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// NVIDIA CUDA.
+    Cuda,
+    /// NVIDIA TensorRT (falls back to CUDA/CPU for unsupported nodes).
+    Tensorrt,
+    /// The default CPU provider; always available.
+    Cpu,
+}
+
+impl ExecutionProvider {
+    /// The name used in `model.toml` (`"cuda"`, `"tensorrt"`, `"cpu"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::Tensorrt => "tensorrt",
+            ExecutionProvider::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How to run one model version.
@@ -124,7 +147,11 @@ impl std::fmt::Debug for ModelExecutor {
     }
 }
 
-fn build_session(rt: &OrtRuntime, path: &Path, options: &SessionOptions) -> Result<Session, LoadError> {
+fn build_session(
+    rt: &OrtRuntime,
+    path: &Path,
+    options: &SessionOptions,
+) -> Result<Session, LoadError> {
     let fail = |e: &dyn std::fmt::Display| LoadError::Session {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -170,10 +197,16 @@ fn warmup_inputs(signature: &Signature) -> Vec<(String, Tensor)> {
         .inputs
         .iter()
         .map(|spec| {
-            let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let shape: Vec<i64> = spec
+                .shape
+                .iter()
+                .map(|&d| if d < 0 { 1 } else { d })
+                .collect();
             let n = sluice_tensor::element_count(&shape).unwrap_or(0);
             let tensor = match spec.datatype.element_size() {
-                Some(size) => Tensor::from_raw(spec.datatype, shape, Bytes::from(vec![0u8; n * size])),
+                Some(size) => {
+                    Tensor::from_raw(spec.datatype, shape, Bytes::from(vec![0u8; n * size]))
+                }
                 None => Tensor::from_bytes_elements(shape, vec![Bytes::new(); n]),
             }
             .expect("a warm-up tensor is consistent with its shape by construction");
@@ -253,7 +286,12 @@ impl Worker {
             let reply = match result {
                 Ok((output, [input, infer, out])) => {
                     self.stats.record_phases(waited, input, infer, out);
-                    let batch = job.inputs.first().and_then(|(_, t)| t.shape().first()).copied().unwrap_or(1);
+                    let batch = job
+                        .inputs
+                        .first()
+                        .and_then(|(_, t)| t.shape().first())
+                        .copied()
+                        .unwrap_or(1);
                     self.stats.record_success(total, batch.max(1) as u64);
                     Ok(output)
                 }
@@ -296,9 +334,11 @@ impl ModelExecutor {
             if options.warmup {
                 let inputs = warmup_inputs(&sig);
                 let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
-                run_session(&mut session, &inputs, &outputs).map_err(|message| LoadError::Warmup {
-                    path: path.to_path_buf(),
-                    message,
+                run_session(&mut session, &inputs, &outputs).map_err(|message| {
+                    LoadError::Warmup {
+                        path: path.to_path_buf(),
+                        message,
+                    }
                 })?;
             }
             signature = Some(sig);
@@ -380,7 +420,11 @@ impl ModelExecutor {
             return Err(e);
         }
         let outputs = if outputs.is_empty() {
-            self.signature.outputs.iter().map(|o| o.name.clone()).collect()
+            self.signature
+                .outputs
+                .iter()
+                .map(|o| o.name.clone())
+                .collect()
         } else {
             outputs
         };
@@ -417,4 +461,3 @@ impl ModelExecutor {
         })
     }
 }
-

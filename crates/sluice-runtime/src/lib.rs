@@ -26,7 +26,9 @@ pub mod signature;
 pub mod stats;
 
 pub use error::{InferError, LoadError, RuntimeError};
-pub use executor::{ExecutionProvider, GraphOptimization, InferOutput, ModelExecutor, SessionOptions};
+pub use executor::{
+    ExecutionProvider, GraphOptimization, InferOutput, ModelExecutor, SessionOptions,
+};
 pub use library::{OrtRuntime, locate_library};
 pub use signature::{Signature, TensorSpec};
 pub use stats::{Duration as StatDuration, StatsSnapshot, VersionStats};

@@ -96,7 +96,10 @@ fn specs(
 }
 
 impl Signature {
-    pub(crate) fn of_session(path: &Path, session: &ort::session::Session) -> Result<Signature, LoadError> {
+    pub(crate) fn of_session(
+        path: &Path,
+        session: &ort::session::Session,
+    ) -> Result<Signature, LoadError> {
         Ok(Signature {
             inputs: specs(path, "input", session.inputs())?,
             outputs: specs(path, "output", session.outputs())?,
@@ -128,7 +131,9 @@ impl Signature {
                 )));
             };
             if !seen.insert(name) {
-                return Err(InferError::Invalid(format!("input '{name}' is given twice")));
+                return Err(InferError::Invalid(format!(
+                    "input '{name}' is given twice"
+                )));
             }
             if tensor.dtype() != spec.datatype {
                 return Err(InferError::Invalid(format!(
@@ -183,7 +188,11 @@ impl Signature {
                         ));
                     }
                     Some(n) => {
-                        let narrowed = o.shape.iter().zip(&n.shape).any(|(&a, &b)| b >= 0 && a != b);
+                        let narrowed = o
+                            .shape
+                            .iter()
+                            .zip(&n.shape)
+                            .any(|(&a, &b)| b >= 0 && a != b);
                         if narrowed {
                             return Some(format!(
                                 "{what} '{}' changed shape from {:?} to {:?}",
@@ -193,7 +202,8 @@ impl Signature {
                     }
                 }
             }
-            if exact && let Some(extra) = new.iter().find(|n| !old.iter().any(|o| o.name == n.name)) {
+            if exact && let Some(extra) = new.iter().find(|n| !old.iter().any(|o| o.name == n.name))
+            {
                 return Some(format!("new required {what} '{}'", extra.name));
             }
             None
@@ -233,7 +243,12 @@ mod tests {
 
     fn fp32(shape: &[i64]) -> Tensor {
         let n = sluice_tensor::element_count(shape).unwrap();
-        Tensor::from_raw(DataType::Fp32, shape.to_vec(), Bytes::from(vec![0u8; n * 4])).unwrap()
+        Tensor::from_raw(
+            DataType::Fp32,
+            shape.to_vec(),
+            Bytes::from(vec![0u8; n * 4]),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -247,7 +262,8 @@ mod tests {
         assert!(err(s.validate([("x", &fp32(&[2, 5]))], [])).contains("shape [2, 5]"));
         assert!(err(s.validate([("x", &fp32(&[8]))], [])).contains("shape [8]"));
         assert!(err(s.validate([("x", &ok)], ["nope"])).contains("unknown output 'nope'"));
-        let int = Tensor::from_raw(DataType::Int32, vec![1, 4], Bytes::from(vec![0u8; 16])).unwrap();
+        let int =
+            Tensor::from_raw(DataType::Int32, vec![1, 4], Bytes::from(vec![0u8; 16])).unwrap();
         assert!(err(s.validate([("x", &int)], [])).contains("datatype INT32"));
     }
 
@@ -257,7 +273,11 @@ mod tests {
         assert_eq!(old.incompatibility(&sig()), None);
         let mut renamed = sig();
         renamed.inputs[0].name = "z".into();
-        assert!(old.incompatibility(&renamed).unwrap().contains("input 'x' is gone"));
+        assert!(
+            old.incompatibility(&renamed)
+                .unwrap()
+                .contains("input 'x' is gone")
+        );
         let mut wider = sig();
         wider.inputs[0].shape = vec![-1, -1];
         assert_eq!(old.incompatibility(&wider), None);

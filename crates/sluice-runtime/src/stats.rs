@@ -17,8 +17,10 @@ struct Counter {
 impl Counter {
     fn add(&self, elapsed: StdDuration) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.ns
-            .fetch_add(elapsed.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.ns.fetch_add(
+            elapsed.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn snapshot(&self) -> Duration {

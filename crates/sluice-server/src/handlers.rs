@@ -33,18 +33,33 @@ pub fn routes(state: AppState) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/models/{model}/stats", get(model_stats))
-        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats_v),
+        )
         .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_v),
+        )
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
-        .route("/v2/repository/models/{model}/unload", post(repository_unload))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))
@@ -70,7 +85,11 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()))
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 async fn method_not_allowed(request: Request) -> Response {
@@ -114,7 +133,10 @@ fn resolve(
     }
     let Some(entry) = snapshot.model(model) else {
         return Err(if snapshot.knows(model) {
-            ApiError::NotReady(format!("model '{model}' is not ready: {}", reasons(snapshot, model)))
+            ApiError::NotReady(format!(
+                "model '{model}' is not ready: {}",
+                reasons(snapshot, model)
+            ))
         } else {
             ApiError::NotFound(format!("unknown model '{model}'"))
         });
@@ -142,7 +164,9 @@ fn resolve(
                     "model '{model}' version {n} is not ready: {}",
                     row.reason
                 ))),
-                _ => Err(ApiError::NotFound(format!("model '{model}' has no version {n}"))),
+                _ => Err(ApiError::NotFound(format!(
+                    "model '{model}' has no version {n}"
+                ))),
             }
         }
     }
@@ -168,7 +192,10 @@ fn reasons(snapshot: &Snapshot, model: &str) -> String {
     }
 }
 
-async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
     metadata(&state, &model, None)
 }
 
@@ -185,7 +212,10 @@ fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Resp
     Ok(axum::Json(triton::model_metadata(model, &versions, &executor)).into_response())
 }
 
-async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
+async fn model_ready(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<StatusCode, ApiError> {
     readiness(&state, &model, None)
 }
 
@@ -205,7 +235,10 @@ fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Result<Sta
     }
 }
 
-async fn model_config(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+async fn model_config(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
     config(&state, &model, None)
 }
 
@@ -238,11 +271,18 @@ async fn all_stats(State(state): State<AppState>) -> axum::Json<Value> {
     axum::Json(json!({ "model_stats": stats }))
 }
 
-async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+async fn model_stats(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
     // Without a version Triton reports every version of the model.
     let snapshot = state.manager.snapshot();
     let (entry, _) = resolve(&snapshot, &model, None)?;
-    let stats: Vec<Value> = entry.versions.values().map(|e| triton::model_stats(&model, e)).collect();
+    let stats: Vec<Value> = entry
+        .versions
+        .values()
+        .map(|e| triton::model_stats(&model, e))
+        .collect();
     Ok(axum::Json(json!({ "model_stats": stats })).into_response())
 }
 
@@ -251,10 +291,16 @@ async fn model_stats_v(
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (_, executor) = resolve(&state.manager.snapshot(), &model, Some(&version))?;
-    Ok(axum::Json(json!({ "model_stats": [triton::model_stats(&model, &executor)] })).into_response())
+    Ok(
+        axum::Json(json!({ "model_stats": [triton::model_stats(&model, &executor)] }))
+            .into_response(),
+    )
 }
 
-async fn repository_index(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn repository_index(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     // Optional body: {"ready": true} lists only ready versions.
     let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
         false
@@ -272,12 +318,18 @@ async fn repository_index(State(state): State<AppState>, body: Bytes) -> Result<
     Ok(axum::Json(rows).into_response())
 }
 
-async fn repository_load(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+async fn repository_load(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
     state.manager.load(&model).await?;
     Ok(axum::Json(json!({})).into_response())
 }
 
-async fn repository_unload(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+async fn repository_unload(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
     state.manager.unload(&model).await?;
     Ok(axum::Json(json!({})).into_response())
 }
@@ -323,7 +375,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes,
             size: "more than that".into(),
             limit,
         }),
-        Err(e) => Err(ApiError::BadRequest(format!("could not read the request body: {e}"))),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
     }
 }
 
@@ -344,7 +398,9 @@ async fn infer_inner(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| ApiError::BadRequest("Inference-Header-Content-Length is not a number".into()))?,
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Inference-Header-Content-Length is not a number".into())
+                })?,
         ),
     };
     let started = std::time::Instant::now();
@@ -356,7 +412,10 @@ async fn infer_inner(
         }
     };
     let (names, binary_flags): (Vec<String>, Vec<bool>) = match &request.outputs {
-        Some(outputs) => outputs.iter().map(|o| (o.name.clone(), o.binary_data)).unzip(),
+        Some(outputs) => outputs
+            .iter()
+            .map(|o| (o.name.clone(), o.binary_data))
+            .unzip(),
         None => (Vec::new(), Vec::new()),
     };
     let inputs = request
@@ -372,7 +431,10 @@ async fn infer_inner(
         .map(|(i, (name, tensor))| ResponseOutput {
             name,
             tensor,
-            binary_data: binary_flags.get(i).copied().unwrap_or(request.binary_data_output),
+            binary_data: binary_flags
+                .get(i)
+                .copied()
+                .unwrap_or(request.binary_data_output),
         })
         .collect();
     let version_text = executor.version().to_string();
@@ -391,11 +453,17 @@ async fn infer_inner(
     );
     match encoded.header_length {
         Some(n) => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             h.insert(HEADER_LENGTH, HeaderValue::from(n));
         }
         None => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
     }
     Ok(response)

@@ -6,11 +6,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use sluice_registry::{
-    ExecutionProvider as RegistryEp, Fingerprint, GraphOptimization as RegistryOpt, ModelConfig, Repository,
-    Verification, VersionEntry,
-};
-use sluice_runtime::{ExecutionProvider, GraphOptimization, ModelExecutor, OrtRuntime, SessionOptions};
+use sluice_registry::{Fingerprint, ModelConfig, Repository, Verification, VersionEntry};
+use sluice_runtime::{ModelExecutor, OrtRuntime, SessionOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::snapshot::{IndexEntry, ModelSnapshot, Snapshot, VersionState};
@@ -57,7 +54,9 @@ pub struct ModelManager {
 
 impl std::fmt::Debug for ModelManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelManager").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("ModelManager")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,7 +99,10 @@ impl ModelManager {
     /// Rescans the repository now and waits until the snapshot reflects it.
     pub async fn reconcile(&self) -> Result<(), ServingError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Reconcile(tx)).await.map_err(|_| ServingError::Stopped)?;
+        self.commands
+            .send(Command::Reconcile(tx))
+            .await
+            .map_err(|_| ServingError::Stopped)?;
         rx.await.map_err(|_| ServingError::Stopped)
     }
 
@@ -155,21 +157,8 @@ fn session_options(config: &ModelConfig) -> SessionOptions {
         instances: config.instances,
         intra_op_threads: config.intra_op_threads,
         inter_op_threads: config.inter_op_threads,
-        graph_optimization: match config.graph_optimization {
-            RegistryOpt::Disable => GraphOptimization::Disable,
-            RegistryOpt::Basic => GraphOptimization::Basic,
-            RegistryOpt::Extended => GraphOptimization::Extended,
-            RegistryOpt::All => GraphOptimization::All,
-        },
-        execution_providers: config
-            .effective_execution_providers()
-            .into_iter()
-            .map(|ep| match ep {
-                RegistryEp::Cuda => ExecutionProvider::Cuda,
-                RegistryEp::Tensorrt => ExecutionProvider::Tensorrt,
-                RegistryEp::Cpu => ExecutionProvider::Cpu,
-            })
-            .collect(),
+        graph_optimization: config.graph_optimization,
+        execution_providers: config.effective_execution_providers(),
         max_queue_size: config.max_queue_size,
         queue_timeout: config.queue_timeout(),
         warmup: config.warmup,
@@ -178,7 +167,10 @@ fn session_options(config: &ModelConfig) -> SessionOptions {
 
 impl Reconciler {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut watcher = match sluice_registry::watch(self.repo.root(), self.options.rescan_interval) {
+        let mut watcher = match sluice_registry::watch(
+            self.repo.root(),
+            self.options.rescan_interval,
+        ) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the model repository; rescanning periodically");
@@ -294,7 +286,8 @@ impl Reconciler {
                     continue;
                 }
             };
-            self.reconcile_model(name, entry.versions.clone(), &config, &mut index).await;
+            self.reconcile_model(name, entry.versions.clone(), &config, &mut index)
+                .await;
             let versions = self
                 .loaded
                 .get(name)
@@ -309,12 +302,21 @@ impl Reconciler {
                 }),
             );
         }
-        let gone: Vec<String> = self.loaded.keys().filter(|m| !keep.contains(*m)).cloned().collect();
+        let gone: Vec<String> = self
+            .loaded
+            .keys()
+            .filter(|m| !keep.contains(*m))
+            .cloned()
+            .collect();
         for model in gone {
             tracing::info!(model = %model, "model removed from the repository");
             self.retire_model(&model);
         }
-        self.failed.retain(|(m, v), _| scan.models.get(m).is_some_and(|e| e.versions.contains_key(v)));
+        self.failed.retain(|(m, v), _| {
+            scan.models
+                .get(m)
+                .is_some_and(|e| e.versions.contains_key(v))
+        });
         self.initialised = true;
         self.snapshot.store(Arc::new(Snapshot {
             models,
@@ -344,8 +346,11 @@ impl Reconciler {
         config: &ModelConfig,
         index: &mut Vec<IndexEntry>,
     ) {
-        let present: std::collections::BTreeSet<u64> =
-            on_disk.values().filter(|e| e.model_present).map(|e| e.version).collect();
+        let present: std::collections::BTreeSet<u64> = on_disk
+            .values()
+            .filter(|e| e.model_present)
+            .map(|e| e.version)
+            .collect();
         let wanted = config.selected_versions(&present);
         let mut current = self.loaded.remove(name).unwrap_or_default();
         let mut next: BTreeMap<u64, Loaded> = BTreeMap::new();
@@ -372,7 +377,10 @@ impl Reconciler {
                 .chain(current.values())
                 .max_by_key(|l| l.executor.version())
                 .map(|l| l.executor.clone());
-            match self.load_version(name, entry, config, reference.as_deref()).await {
+            match self
+                .load_version(name, entry, config, reference.as_deref())
+                .await
+            {
                 Ok(loaded) => {
                     self.failed.remove(&(name.to_string(), version));
                     if let Some(old) = current.remove(&version) {
@@ -382,8 +390,10 @@ impl Reconciler {
                 }
                 Err(reason) => {
                     tracing::error!(model = %name, version, %reason, "version not loaded");
-                    self.failed
-                        .insert((name.to_string(), version), (entry.fingerprint.clone(), reason.clone()));
+                    self.failed.insert(
+                        (name.to_string(), version),
+                        (entry.fingerprint.clone(), reason.clone()),
+                    );
                     // A version whose files changed in place and fail to load
                     // keeps serving from what was loaded before.
                     if let Some(old) = current.remove(&version) {
@@ -548,4 +558,3 @@ fn unavailable(name: &str, version: u64, reason: String) -> IndexEntry {
         verified: None,
     }
 }
-

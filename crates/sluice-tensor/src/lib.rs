@@ -132,7 +132,9 @@ pub enum TensorError {
     ShapeOverflow { shape: Vec<i64> },
     #[error("shape {shape:?} has a negative dimension")]
     NegativeDimension { shape: Vec<i64> },
-    #[error("shape {shape:?} holds {expected} elements of {dtype} ({expected_bytes} bytes) but {got} bytes were given")]
+    #[error(
+        "shape {shape:?} holds {expected} elements of {dtype} ({expected_bytes} bytes) but {got} bytes were given"
+    )]
     ByteCountMismatch {
         dtype: DataType,
         shape: Vec<i64>,
@@ -191,11 +193,12 @@ impl Tensor {
             });
         };
         let expected = element_count(&shape)?;
-        let expected_bytes = expected
-            .checked_mul(size)
-            .ok_or_else(|| TensorError::ShapeOverflow {
-                shape: shape.clone(),
-            })?;
+        let expected_bytes =
+            expected
+                .checked_mul(size)
+                .ok_or_else(|| TensorError::ShapeOverflow {
+                    shape: shape.clone(),
+                })?;
         if raw.len() != expected_bytes {
             return Err(TensorError::ByteCountMismatch {
                 dtype,
@@ -221,7 +224,10 @@ impl Tensor {
     }
 
     /// A BYTES tensor, one buffer per element.
-    pub fn from_bytes_elements(shape: Vec<i64>, elements: Vec<Bytes>) -> Result<Tensor, TensorError> {
+    pub fn from_bytes_elements(
+        shape: Vec<i64>,
+        elements: Vec<Bytes>,
+    ) -> Result<Tensor, TensorError> {
         let expected = element_count(&shape)?;
         if elements.len() != expected {
             return Err(TensorError::ElementCountMismatch {

@@ -71,10 +71,11 @@ pub fn sample(dtype: DataType, json_safe: bool) -> Tensor {
             f64::to_le_bytes,
         ),
         DataType::Bytes => {
-            let mut elements: Vec<Bytes> = ["hello", "", "wörld", "quote\" back\\ nl\n \u{1}", "日本"]
-                .iter()
-                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-                .collect();
+            let mut elements: Vec<Bytes> =
+                ["hello", "", "wörld", "quote\" back\\ nl\n \u{1}", "日本"]
+                    .iter()
+                    .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                    .collect();
             elements.push(if json_safe {
                 Bytes::from_static(b"tab\t")
             } else {

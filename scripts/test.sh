@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls `make test`, which calls this).
+# Installs what it needs first: the ONNX Runtime library and the Python venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "fetch ONNX Runtime (if missing)"
+scripts/fetch-ort.sh
+step "Python test environment (.venv)"
+scripts/setup-venv.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Rust tests"
+cargo build -p sluice-cli
+cargo test --workspace
+
+step "demo and fixture models still load and compute what they should"
+.venv/bin/python models/generate.py check
+
+step "Open Inference Protocol tests through tritonclient"
+.venv/bin/python -m pytest tests/oip -q
