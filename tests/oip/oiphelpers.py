@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -49,6 +50,7 @@ def clean_env() -> dict:
     on), quiet enough logs to keep in a file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.setdefault("RUST_BACKTRACE", "1")
+    env["NO_COLOR"] = "1"  # plain logs, readable in a failure report
     return env
 
 
@@ -146,12 +148,13 @@ class Server:
         kw.setdefault("network_timeout", 30.0)
         return httpclient.InferenceServerClient(self.hostport, **kw)
 
-    def stderr_tail(self, lines: int = 80) -> str:
+    def stderr_tail(self, lines: int = 40) -> str:
         try:
             text = self.stderr_path.read_text(errors="replace")
         except OSError as e:
             return f"(cannot read {self.stderr_path}: {e})"
-        return "\n".join(text.splitlines()[-lines:])
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        return f"(full log: {self.stderr_path})\n" + "\n".join(text.splitlines()[-lines:])
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -437,8 +437,8 @@ fn requested_outputs_and_binary_flags() {
         r#"{"inputs":[],"outputs":[{"name":"y"}, {"name":"z","parameters":{"binary_data":true}}]}"#;
     let req = decode_infer_request(Bytes::from(text), None).unwrap();
     assert!(!req.binary_data_output);
-    assert_eq!(req.outputs.as_ref().unwrap()[0].binary_data, false);
-    assert_eq!(req.outputs.as_ref().unwrap()[1].binary_data, true);
+    assert!(!req.outputs.as_ref().unwrap()[0].binary_data);
+    assert!(req.outputs.as_ref().unwrap()[1].binary_data);
     assert!(!req.output_binary("other"));
 
     // No outputs, or an empty list: all outputs.
