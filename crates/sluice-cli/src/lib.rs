@@ -17,7 +17,7 @@ pub use config::{FileConfig, ServeArgs, ServeSettings};
 /// Sluice: a model-serving gateway for ONNX models, speaking the Open
 /// Inference Protocol (KServe v2) with Triton's extensions.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, propagate_version = true)]
+#[command(name = "sluice", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -181,5 +181,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

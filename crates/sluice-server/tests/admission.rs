@@ -59,7 +59,10 @@ async fn a_full_queue_answers_429() {
     let mut seen = false;
     for _ in 0..20 {
         let statuses = burst(&server, 24, 1 << 20).await;
-        assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 429),
+            "{statuses:?}"
+        );
         assert!(statuses.contains(&200), "{statuses:?}");
         if statuses.contains(&429) {
             seen = true;
@@ -69,8 +72,15 @@ async fn a_full_queue_answers_429() {
     assert!(seen, "never saw a 429 with a queue of one");
     // The server still answers normally afterwards.
     assert_eq!(burst(&server, 1, 16).await, vec![200]);
-    let stats: serde_json::Value = server.get("/v2/models/big/stats").await.json().await.unwrap();
-    let fail = stats["model_stats"][0]["inference_stats"]["fail"]["count"].as_u64().unwrap();
+    let stats: serde_json::Value = server
+        .get("/v2/models/big/stats")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let fail = stats["model_stats"][0]["inference_stats"]["fail"]["count"]
+        .as_u64()
+        .unwrap();
     assert!(fail > 0, "refusals are counted as failures: {stats}");
     server.stop().await;
 }
@@ -81,7 +91,10 @@ async fn a_request_that_waited_too_long_answers_504() {
     let mut seen = false;
     for _ in 0..20 {
         let statuses = burst(&server, 16, 1 << 20).await;
-        assert!(statuses.iter().all(|s| *s == 200 || *s == 504), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 504),
+            "{statuses:?}"
+        );
         if statuses.contains(&504) {
             seen = true;
             break;
