@@ -292,6 +292,35 @@ def raw_exchange(port, data: bytes, timeout=10.0, send_all=True):
         return read_response(s)
 
 
+def send_while_reading(port, head: bytes, chunks, timeout=20.0):
+    """Sends `head` and then each of `chunks` on a fresh connection from a
+    background thread while reading the response on this one, so a server
+    that answers (say 413) and closes before the whole body is sent is still
+    heard. Returns (status, headers, body)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.settimeout(timeout)
+    s.sendall(head)
+    stop = threading.Event()
+
+    def send():
+        try:
+            for c in chunks:
+                if stop.is_set():
+                    return
+                s.sendall(c)
+        except OSError:
+            pass  # the server answered and closed: expected for refusals
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    try:
+        return read_response(s)
+    finally:
+        stop.set()
+        t.join(timeout=timeout)
+        s.close()
+
+
 def read_response(s: socket.socket):
     buf = b""
     while b"\r\n\r\n" not in buf:

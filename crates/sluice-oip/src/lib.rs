@@ -44,6 +44,38 @@
 //!
 //! Every malformed body is a [`DecodeError`] (a client error, HTTP 400),
 //! never a panic.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use sluice_oip::{InferResponse, ResponseOutput, decode_infer_request, encode_infer_response};
+//!
+//! // A JSON input and a binary one (two FP32 values after the header).
+//! let json = r#"{"id":"7","inputs":[
+//!     {"name":"a","shape":[2],"datatype":"INT32","data":[1,2]},
+//!     {"name":"b","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}],
+//!     "outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
+//! let mut body = json.as_bytes().to_vec();
+//! body.extend_from_slice(&[0, 0, 128, 63, 0, 0, 0, 64]); // 1.0f32, 2.0f32
+//! let req = decode_infer_request(Bytes::from(body), Some(json.len())).unwrap();
+//! assert_eq!(req.inputs[1].tensor.shape(), &[2]);
+//! assert!(req.output_binary("y"));
+//!
+//! let encoded = encode_infer_response(&InferResponse {
+//!     model_name: "m",
+//!     model_version: "1",
+//!     id: req.id.as_deref(),
+//!     parameters: None,
+//!     outputs: vec![ResponseOutput {
+//!         name: "y".into(),
+//!         tensor: req.inputs[1].tensor.clone(),
+//!         binary_data: req.output_binary("y"),
+//!     }],
+//! });
+//! let header_length = encoded.header_length.unwrap(); // send as Inference-Header-Content-Length
+//! assert_eq!(&encoded.body[header_length..], &[0, 0, 128, 63, 0, 0, 0, 64]);
+//! ```
 
 mod decode;
 mod encode;

@@ -404,22 +404,18 @@ async fn infer_inner(
         ),
     };
     let started = std::time::Instant::now();
-    let request = match sluice_oip::decode_infer_request(body, header_length) {
+    let mut request = match sluice_oip::decode_infer_request(body, header_length) {
         Ok(r) => r,
         Err(e) => {
             executor.stats().record_failure(started.elapsed());
             return Err(e.into());
         }
     };
-    let (names, binary_flags): (Vec<String>, Vec<bool>) = match &request.outputs {
-        Some(outputs) => outputs
-            .iter()
-            .map(|o| (o.name.clone(), o.binary_data))
-            .unzip(),
-        None => (Vec::new(), Vec::new()),
+    let names: Vec<String> = match &request.outputs {
+        Some(outputs) => outputs.iter().map(|o| o.name.clone()).collect(),
+        None => Vec::new(),
     };
-    let inputs = request
-        .inputs
+    let inputs = std::mem::take(&mut request.inputs)
         .into_iter()
         .map(|named| (named.name, named.tensor))
         .collect();
@@ -427,14 +423,10 @@ async fn infer_inner(
     let outputs = result
         .outputs
         .into_iter()
-        .enumerate()
-        .map(|(i, (name, tensor))| ResponseOutput {
+        .map(|(name, tensor)| ResponseOutput {
+            binary_data: request.output_binary(&name),
             name,
             tensor,
-            binary_data: binary_flags
-                .get(i)
-                .copied()
-                .unwrap_or(request.binary_data_output),
         })
         .collect();
     let version_text = executor.version().to_string();

@@ -225,3 +225,69 @@ async fn unload_and_load_through_the_repository_api() {
     assert_eq!(missing.status(), 404);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_manifest_does_not_match_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root, Default::default()).await;
+    let repo = sluice_registry::Repository::open(server.root.path()).unwrap();
+    repo.publish(
+        "scale",
+        &scale_model(staging.path(), 2.0),
+        Some(2),
+        Default::default(),
+    )
+    .unwrap();
+    server
+        .wait_index("version 2 ready", |index| {
+            index_state(index, "scale", "2").is_some_and(|(state, _)| state == "READY")
+        })
+        .await;
+
+    // Version 3 arrives with version 2's manifest but another model file.
+    let v3 = server.root.path().join("scale/.staging-3");
+    std::fs::create_dir_all(&v3).unwrap();
+    std::fs::copy(scale_model(staging.path(), 3.0), v3.join("model.onnx")).unwrap();
+    let mut manifest: Value = serde_json::from_slice(
+        &std::fs::read(server.root.path().join("scale/2/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    manifest["version"] = 3.into();
+    std::fs::write(v3.join("manifest.json"), manifest.to_string()).unwrap();
+    std::fs::rename(&v3, server.root.path().join("scale/3")).unwrap();
+    let index = server
+        .wait_index("version 3 refused", |index| {
+            index_state(index, "scale", "3").is_some_and(|(state, _)| state == "UNAVAILABLE")
+        })
+        .await;
+    let (_, reason) = index_state(&index, "scale", "3").unwrap();
+    assert!(reason.contains("hashes to"), "{reason}");
+
+    // Version 2's file is tampered with in place: the reload is refused and
+    // version 2 keeps serving what it loaded (y = x * 2).
+    std::fs::copy(
+        scale_model(staging.path(), 7.0),
+        server.root.path().join("scale/2/model.onnx"),
+    )
+    .unwrap();
+    let index = server
+        .wait_index("tampered version 2 reported", |index| {
+            index_state(index, "scale", "2").is_some_and(|(_, reason)| reason.contains("hashes to"))
+        })
+        .await;
+    assert_eq!(index_state(&index, "scale", "2").unwrap().0, "READY");
+    let response = server
+        .post_json(
+            "/v2/models/scale/infer",
+            &scale_request([1.0, 2.0, 3.0, 4.0]),
+        )
+        .await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["model_version"], "2");
+    assert_eq!(
+        body["outputs"][0]["data"],
+        serde_json::json!([2.0, 4.0, 6.0, 8.0])
+    );
+    server.stop().await;
+}

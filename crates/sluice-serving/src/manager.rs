@@ -423,13 +423,24 @@ impl Reconciler {
             self.retire(name, old);
         }
         for (v, l) in &next {
+            // A ready version with a failure row is one whose files changed
+            // in place and failed to reload: it serves what it loaded before.
+            let reason = rows
+                .remove(v)
+                .map(|failed| {
+                    format!(
+                        "serving the files loaded before; the changed files failed to load: {}",
+                        failed.reason
+                    )
+                })
+                .unwrap_or_default();
             rows.insert(
                 *v,
                 IndexEntry {
                     name: name.to_string(),
                     version: v.to_string(),
                     state: VersionState::Ready,
-                    reason: String::new(),
+                    reason,
                     verified: Some(l.verified),
                 },
             );
