@@ -215,31 +215,62 @@ fn warmup_inputs(signature: &Signature) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// Why one run failed: the input (a 400: the caller can fix it) or the
+/// runtime (a 500).
+#[derive(Debug)]
+enum RunError {
+    /// The input cannot be handed to ONNX Runtime (a BYTES element with a NUL
+    /// byte), or ONNX Runtime refused it as an invalid argument (an empty
+    /// batch for an operator that needs one, say).
+    Input(String),
+    Runtime(String),
+}
+
+impl RunError {
+    fn message(self) -> String {
+        match self {
+            RunError::Input(m) | RunError::Runtime(m) => m,
+        }
+    }
+}
+
 /// Runs one inference on a session. Never panics: ONNX Runtime errors and
-/// panics inside `ort` both come back as `Err(message)`.
+/// panics inside `ort` both come back as errors.
 fn run_session(
     session: &mut Session,
     inputs: &[(String, Tensor)],
     outputs: &[String],
-) -> Result<(InferOutput, [Duration; 3]), String> {
+) -> Result<(InferOutput, [Duration; 3]), RunError> {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
         let t0 = Instant::now();
         let values = inputs
             .iter()
-            .map(|(name, t)| Ok((name.as_str(), convert::to_ort(t)?)))
-            .collect::<Result<Vec<_>, String>>()?;
+            .map(|(name, t)| {
+                let value = convert::to_ort(t)
+                    .map_err(|e| RunError::Input(format!("input '{name}': {e}")))?;
+                Ok((name.as_str(), value))
+            })
+            .collect::<Result<Vec<_>, RunError>>()?;
         let t1 = Instant::now();
-        let mut result = session.run(values).map_err(|e| e.to_string())?;
+        let mut result = session.run(values).map_err(|e| match e.code() {
+            ort::error::ErrorCode::InvalidArgument => {
+                RunError::Input(format!("ONNX Runtime refused the input: {e}"))
+            }
+            _ => RunError::Runtime(e.to_string()),
+        })?;
         let t2 = Instant::now();
         let outputs = outputs
             .iter()
             .map(|name| {
-                let value = result
-                    .remove(name.as_str())
-                    .ok_or_else(|| format!("ONNX Runtime returned no output '{name}'"))?;
-                Ok((name.clone(), convert::from_ort(&value)?))
+                let value = result.remove(name.as_str()).ok_or_else(|| {
+                    RunError::Runtime(format!("ONNX Runtime returned no output '{name}'"))
+                })?;
+                Ok((
+                    name.clone(),
+                    convert::from_ort(&value).map_err(RunError::Runtime)?,
+                ))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, RunError>>()?;
         let t3 = Instant::now();
         Ok((InferOutput { outputs }, [t1 - t0, t2 - t1, t3 - t2]))
     }))
@@ -249,7 +280,9 @@ fn run_session(
             .map(String::as_str)
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or("unknown panic");
-        Err(format!("panic inside ONNX Runtime binding: {what}"))
+        Err(RunError::Runtime(format!(
+            "panic inside ONNX Runtime binding: {what}"
+        )))
     })
 }
 
@@ -295,7 +328,11 @@ impl Worker {
                     self.stats.record_success(total, batch.max(1) as u64);
                     Ok(output)
                 }
-                Err(message) => {
+                Err(RunError::Input(message)) => {
+                    self.stats.record_failure(total);
+                    Err(InferError::Invalid(message))
+                }
+                Err(RunError::Runtime(message)) => {
                     self.stats.record_failure(total);
                     tracing::warn!(model = %self.model, version = self.version, error = %message, "inference failed");
                     Err(InferError::Runtime {
@@ -334,11 +371,9 @@ impl ModelExecutor {
             if options.warmup {
                 let inputs = warmup_inputs(&sig);
                 let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
-                run_session(&mut session, &inputs, &outputs).map_err(|message| {
-                    LoadError::Warmup {
-                        path: path.to_path_buf(),
-                        message,
-                    }
+                run_session(&mut session, &inputs, &outputs).map_err(|e| LoadError::Warmup {
+                    path: path.to_path_buf(),
+                    message: e.message(),
                 })?;
             }
             signature = Some(sig);
