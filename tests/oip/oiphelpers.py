@@ -7,6 +7,7 @@ Everything here talks to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -407,3 +408,149 @@ def infer_scale_raw(port, x, version=None, timeout=30.0):
         return status, json.loads(data)
     except ValueError:
         return status, data
+
+
+# --------------------------------------------------------------------------
+# Load generation and repository polling for the hot-swap tests
+
+X = [[1.0, 2.0, 3.0, 4.0]]
+SCALE_BODY = json_body([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X}])
+WAIT_FOR_VERSION_S = 15.0
+HARD_LIMIT_S = 120.0
+
+
+def publish(server, model, src, version):
+    """`sluice models publish MODEL FILE --version N --models DIR`, as a user
+    would publish a new version next to a running server."""
+    done = publish_cli(server.models_dir, model, src, version)
+    assert done.returncode == 0, (
+        f"sluice models publish failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    assert f"version {version}" in done.stdout, done.stdout
+
+
+class Load:
+    """`threads` clients, each on its own keep-alive connection, POSTing
+    x = [[1, 2, 3, 4]] to `scale` (no version) until stopped."""
+
+    def __init__(self, port, threads=8, path="/v2/models/scale/infer"):
+        self.port, self.path = port, path
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.requests = 0
+        self.per_version = collections.Counter()
+        self.failures = []      # (what, detail)
+        self.wrong = []         # (version, y)
+        self.started = time.monotonic()
+        self.deadline = self.started + HARD_LIMIT_S
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        conn = None
+        while not self.stop_event.is_set() and time.monotonic() < self.deadline:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                conn.request("POST", self.path, BODY, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                with self.lock:
+                    self.requests += 1
+                    self.failures.append(("exception", repr(e)))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                continue
+            with self.lock:
+                self.requests += 1
+                if resp.status != 200:
+                    self.failures.append((resp.status, data[:300]))
+                    continue
+                try:
+                    doc = json.loads(data)
+                    version = doc["model_version"]
+                    y = doc["outputs"][0]["data"]
+                    header_version = resp.getheader("sluice-model-version")
+                except (ValueError, KeyError, IndexError) as e:
+                    self.failures.append(("bad body", repr(e), data[:300]))
+                    continue
+                self.per_version[version] += 1
+                k = int(version)
+                if y != [v * k for v in X[0]] or header_version != version:
+                    self.wrong.append((version, header_version, y))
+        if conn is not None:
+            conn.close()
+
+    def seen(self, version) -> bool:
+        with self.lock:
+            return self.per_version[str(version)] > 0
+
+    def wait_for_version(self, version, timeout=WAIT_FOR_VERSION_S):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.seen(version):
+                return True
+            with self.lock:
+                if self.failures:
+                    return False
+            time.sleep(0.02)
+        return False
+
+    def count(self):
+        with self.lock:
+            return self.requests
+
+    def run_for(self, seconds):
+        """Lets the load run for `seconds` more (and at least a few requests)."""
+        start = self.count()
+        deadline = time.monotonic() + max(seconds, 0)
+        while time.monotonic() < deadline or self.count() < start + 20:
+            if time.monotonic() > deadline + 10:
+                break
+            time.sleep(0.02)
+
+    def stop(self):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=35)
+        self.elapsed = time.monotonic() - self.started
+
+    def summary(self):
+        return (f"requests={self.requests} failed={len(self.failures)} wrong={len(self.wrong)} "
+                f"per_version={dict(sorted(self.per_version.items(), key=lambda kv: int(kv[0])))} "
+                f"elapsed={getattr(self, 'elapsed', 0):.1f}s")
+
+    def check(self):
+        assert not self.failures, f"{len(self.failures)} failed requests, first: {self.failures[:5]}\n{self.summary()}"
+        assert not self.wrong, f"{len(self.wrong)} answers not x*version, first: {self.wrong[:5]}\n{self.summary()}"
+
+
+def versions_on_disk(models_dir, model="scale"):
+    return sorted(int(p.name) for p in (models_dir / model).iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def index_rows(server, model="scale"):
+    status, _, body = server.request("POST", "/v2/repository/index", b"")
+    assert status == 200
+    return {r["version"]: r for r in json.loads(body) if r["name"] == model}
+
+
+def wait_for_index(server, version, state, timeout=WAIT_FOR_VERSION_S):
+    deadline = time.monotonic() + timeout
+    row = None
+    while time.monotonic() < deadline:
+        row = index_rows(server).get(str(version))
+        if row is not None and row["state"] == state:
+            return row
+        time.sleep(0.05)
+    _fail(f"scale version {version} did not become {state} within {timeout}s; last row: {row}")
+
+
+
+
+def _fail(message):
+    import pytest
+
+    pytest.fail(message)

@@ -178,6 +178,7 @@ impl Reconciler {
             }
         };
         let mut tick = tokio::time::interval(self.options.rescan_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.reconcile().await;
         loop {
             tokio::select! {
@@ -205,10 +206,14 @@ impl Reconciler {
                         }
                     }
                 },
-                _ = async { match watcher.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
-                    self.reconcile().await;
-                }
-                _ = tick.tick() => {
+                // A file change, or the watcher's periodic rescan; without a
+                // watcher (the root could not be watched), the plain timer.
+                _ = async {
+                    match watcher.as_mut() {
+                        Some(w) => { w.changed().await; }
+                        None => { tick.tick().await; }
+                    }
+                } => {
                     self.reconcile().await;
                 }
             }
