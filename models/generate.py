@@ -36,6 +36,8 @@ refuses an empty batch (``[0]``).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -375,14 +377,41 @@ def write_text_model(path) -> Path:
     return _save(_model(graph, "Lower-cases strings and tells which equal 'hello'."), path)
 
 
+def write_manifest(model_path, model: str, version: int, lineage: dict) -> Path:
+    """Writes the manifest.json that `sluice models publish` would write beside
+    model_path (schema 1: sha256 and size of the file, lineage), so the demo
+    versions load as verified. `created` is fixed to keep outputs reproducible."""
+    model_path = Path(model_path)
+    data = model_path.read_bytes()
+    manifest = {
+        "schema": 1,
+        "model": model,
+        "version": version,
+        "file": "model.onnx",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+        "created": "2026-11-26T00:00:00Z",
+        "source_file": "models/generate.py",
+        "lineage": lineage,
+    }
+    out = model_path.parent / "manifest.json"
+    out.write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
 def generate_demo(root=DEMO_ROOT) -> list[Path]:
     root = Path(root)
-    return [
-        write_iris_model(root / "iris" / "1" / "model.onnx", 1),
-        write_iris_model(root / "iris" / "2" / "model.onnx", 2),
-        write_mixed_model(root / "mixed" / "1" / "model.onnx"),
-        write_text_model(root / "text" / "1" / "model.onnx"),
+    models = [
+        ("iris", 1, write_iris_model(root / "iris" / "1" / "model.onnx", 1), "softmax regression on all four features"),
+        ("iris", 2, write_iris_model(root / "iris" / "2" / "model.onnx", 2), "softmax regression on the sepal features only"),
+        ("mixed", 1, write_mixed_model(root / "mixed" / "1" / "model.onnx"), "several inputs and outputs of different datatypes"),
+        ("text", 1, write_text_model(root / "text" / "1" / "model.onnx"), "lower-cases strings"),
     ]
+    written = []
+    for model, version, path, description in models:
+        lineage = {"generator": "models/generate.py", "description": description}
+        written += [path, write_manifest(path, model, version, lineage)]
+    return written
 
 
 def generate_all() -> list[Path]:

@@ -447,12 +447,20 @@ class Load:
             t.start()
 
     def _run(self):
+        try:
+            self._loop()
+        except BaseException as e:  # a bug here must not pass for "no traffic"
+            with self.lock:
+                self.failures.append(("load thread crashed", repr(e)))
+            raise
+
+    def _loop(self):
         conn = None
         while not self.stop_event.is_set() and time.monotonic() < self.deadline:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                conn.request("POST", self.path, BODY, {"Content-Type": "application/json"})
+                conn.request("POST", self.path, SCALE_BODY, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException) as e:
@@ -495,6 +503,8 @@ class Load:
             with self.lock:
                 if self.failures:
                     return False
+            if not any(t.is_alive() for t in self.threads):
+                return False
             time.sleep(0.02)
         return False
 

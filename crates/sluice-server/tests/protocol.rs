@@ -14,7 +14,10 @@ fn copy_demo_models(root: &std::path::Path) {
             if entry.file_type().unwrap().is_dir() {
                 let dst = root.join(model).join(entry.file_name());
                 std::fs::create_dir_all(&dst).unwrap();
-                std::fs::copy(entry.path().join("model.onnx"), dst.join("model.onnx")).unwrap();
+                for file in std::fs::read_dir(entry.path()).unwrap() {
+                    let file = file.unwrap();
+                    std::fs::copy(file.path(), dst.join(file.file_name())).unwrap();
+                }
             }
         }
     }
