@@ -32,27 +32,26 @@ pub fn routes(state: AppState) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_stats))
+        // Each model endpoint has a form with and without /versions/{version};
+        // one handler serves both (ModelPath's version is None without it).
         .route("/v2/models/{model}", get(model_metadata))
-        .route(
-            "/v2/models/{model}/versions/{version}",
-            get(model_metadata_v),
-        )
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
-            get(model_ready_v),
+            get(model_ready),
         )
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route("/v2/models/{model}/stats", get(model_stats))
         .route(
             "/v2/models/{model}/versions/{version}/stats",
-            get(model_stats_v),
+            get(model_stats),
         )
         .route("/v2/models/{model}/config", get(model_config))
         .route(
             "/v2/models/{model}/versions/{version}/config",
-            get(model_config_v),
+            get(model_config),
         )
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
@@ -135,7 +134,7 @@ fn resolve(
         return Err(if snapshot.knows(model) {
             ApiError::NotReady(format!(
                 "model '{model}' is not ready: {}",
-                reasons(snapshot, model)
+                snapshot.why_not_ready(model)
             ))
         } else {
             ApiError::NotFound(format!("unknown model '{model}'"))
@@ -146,7 +145,7 @@ fn resolve(
             Some(executor) => Ok((entry.clone(), executor.clone())),
             None => Err(ApiError::NotReady(format!(
                 "model '{model}' has no ready version: {}",
-                reasons(snapshot, model)
+                snapshot.why_not_ready(model)
             ))),
         },
         Some(v) => {
@@ -172,63 +171,29 @@ fn resolve(
     }
 }
 
-fn reasons(snapshot: &Snapshot, model: &str) -> String {
-    let why: Vec<String> = snapshot
-        .index
-        .iter()
-        .filter(|e| e.name == model && !e.reason.is_empty())
-        .map(|e| {
-            if e.version.is_empty() {
-                e.reason.clone()
-            } else {
-                format!("version {}: {}", e.version, e.reason)
-            }
-        })
-        .collect();
-    if why.is_empty() {
-        "no version has loaded yet".into()
-    } else {
-        why.join("; ")
-    }
+/// The path of a model endpoint: the model, and the version when the URL
+/// has `/versions/{version}`.
+#[derive(Debug, serde::Deserialize)]
+struct ModelPath {
+    model: String,
+    version: Option<String>,
 }
 
 async fn model_metadata(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    Path(p): Path<ModelPath>,
 ) -> Result<Response, ApiError> {
-    metadata(&state, &model, None)
-}
-
-async fn model_metadata_v(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    metadata(&state, &model, Some(&version))
-}
-
-fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
-    let (entry, executor) = resolve(&state.manager.snapshot(), model, version)?;
+    let (entry, executor) = resolve(&state.manager.snapshot(), &p.model, p.version.as_deref())?;
     let versions: Vec<u64> = entry.versions.keys().copied().collect();
-    Ok(axum::Json(triton::model_metadata(model, &versions, &executor)).into_response())
-}
-
-async fn model_ready(
-    State(state): State<AppState>,
-    Path(model): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    readiness(&state, &model, None)
-}
-
-async fn model_ready_v(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    readiness(&state, &model, Some(&version))
+    Ok(axum::Json(triton::model_metadata(&p.model, &versions, &executor)).into_response())
 }
 
 /// OIP: 200 means ready; a 4xx means not ready (400), or unknown (404).
-fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Result<StatusCode, ApiError> {
-    match resolve(&state.manager.snapshot(), model, version) {
+async fn model_ready(
+    State(state): State<AppState>,
+    Path(p): Path<ModelPath>,
+) -> Result<StatusCode, ApiError> {
+    match resolve(&state.manager.snapshot(), &p.model, p.version.as_deref()) {
         Ok(_) => Ok(StatusCode::OK),
         Err(ApiError::NotReady(message)) => Err(ApiError::BadRequest(message)),
         Err(e) => Err(e),
@@ -237,21 +202,10 @@ fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Result<Sta
 
 async fn model_config(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    Path(p): Path<ModelPath>,
 ) -> Result<Response, ApiError> {
-    config(&state, &model, None)
-}
-
-async fn model_config_v(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    config(&state, &model, Some(&version))
-}
-
-fn config(state: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
-    let (entry, executor) = resolve(&state.manager.snapshot(), model, version)?;
-    Ok(axum::Json(triton::model_config(model, &entry.config, &executor)).into_response())
+    let (entry, executor) = resolve(&state.manager.snapshot(), &p.model, p.version.as_deref())?;
+    Ok(axum::Json(triton::model_config(&p.model, &entry.config, &executor)).into_response())
 }
 
 async fn all_stats(State(state): State<AppState>) -> axum::Json<Value> {
@@ -271,30 +225,21 @@ async fn all_stats(State(state): State<AppState>) -> axum::Json<Value> {
     axum::Json(json!({ "model_stats": stats }))
 }
 
+/// Without a version, Triton reports every ready version of the model.
 async fn model_stats(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    Path(p): Path<ModelPath>,
 ) -> Result<Response, ApiError> {
-    // Without a version Triton reports every version of the model.
-    let snapshot = state.manager.snapshot();
-    let (entry, _) = resolve(&snapshot, &model, None)?;
-    let stats: Vec<Value> = entry
-        .versions
-        .values()
-        .map(|e| triton::model_stats(&model, e))
-        .collect();
+    let (entry, executor) = resolve(&state.manager.snapshot(), &p.model, p.version.as_deref())?;
+    let stats: Vec<Value> = match p.version {
+        Some(_) => vec![triton::model_stats(&p.model, &executor)],
+        None => entry
+            .versions
+            .values()
+            .map(|e| triton::model_stats(&p.model, e))
+            .collect(),
+    };
     Ok(axum::Json(json!({ "model_stats": stats })).into_response())
-}
-
-async fn model_stats_v(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let (_, executor) = resolve(&state.manager.snapshot(), &model, Some(&version))?;
-    Ok(
-        axum::Json(json!({ "model_stats": [triton::model_stats(&model, &executor)] }))
-            .into_response(),
-    )
 }
 
 async fn repository_index(
@@ -336,20 +281,11 @@ async fn repository_unload(
 
 async fn infer(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer_inner(state, model, None, headers, body).await
-}
-
-async fn infer_v(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    infer_inner(state, model, Some(version), headers, body).await
+    infer_inner(state, p.model, p.version, headers, body).await
 }
 
 /// Reads the body, refusing one over the limit before reading it when its

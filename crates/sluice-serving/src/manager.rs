@@ -229,19 +229,7 @@ impl Reconciler {
         if !snap.knows(model) {
             return Err(ServingError::UnknownModel(model.to_string()));
         }
-        let reason = snap
-            .index
-            .iter()
-            .filter(|e| e.name == model && !e.reason.is_empty())
-            .map(|e| {
-                if e.version.is_empty() {
-                    e.reason.clone()
-                } else {
-                    format!("version {}: {}", e.version, e.reason)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let reason = snap.why_not_ready(model);
         Err(ServingError::NotReady {
             model: model.to_string(),
             reason,

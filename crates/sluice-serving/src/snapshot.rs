@@ -70,6 +70,28 @@ impl Snapshot {
         self.index.iter().any(|e| e.name == name)
     }
 
+    /// Why a model has no ready version, from its index rows: each reason,
+    /// prefixed with its version, joined with "; ".
+    pub fn why_not_ready(&self, name: &str) -> String {
+        let why: Vec<String> = self
+            .index
+            .iter()
+            .filter(|e| e.name == name && !e.reason.is_empty())
+            .map(|e| {
+                if e.version.is_empty() {
+                    e.reason.clone()
+                } else {
+                    format!("version {}: {}", e.version, e.reason)
+                }
+            })
+            .collect();
+        if why.is_empty() {
+            "no version has loaded yet".into()
+        } else {
+            why.join("; ")
+        }
+    }
+
     /// The index rows of one version, if the manager knows it.
     pub fn version_entry(&self, name: &str, version: u64) -> Option<&IndexEntry> {
         let v = version.to_string();
