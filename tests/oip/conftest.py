@@ -37,6 +37,13 @@ def pytest_runtest_makereport(item, call):
             )
 
 
+def pytest_terminal_summary(terminalreporter):
+    if h.SUMMARY:
+        terminalreporter.section("sluice under load")
+        for line in h.SUMMARY:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """A server over every fixture and demo model (read-only tests)."""

@@ -124,6 +124,15 @@ def publish_cli(models_dir: Path, model: str, src_file: Path, version: int | Non
 
 LIVE_SERVERS: list["Server"] = []
 
+# Lines shown at the end of the run (conftest's pytest_terminal_summary),
+# e.g. the request totals of the load tests.
+SUMMARY: list[str] = []
+
+
+def report(line: str):
+    print(line)
+    SUMMARY.append(line)
+
 
 @dataclass
 class Server:

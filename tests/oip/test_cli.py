@@ -91,3 +91,26 @@ def test_missing_model_directory_is_an_error(tmp_path):
     assert proc.returncode != 0
     assert "absent" in proc.stderr, proc.stderr[-2000:]
     assert "listening on" not in proc.stdout
+
+
+def test_sigterm_under_load_answers_or_refuses_cleanly(make_server):
+    """SIGTERM while clients are busy: the process exits 0 promptly; every
+    request that got an answer got a complete, correct 200 (clients may see
+    the connection closed or refused once it stops accepting)."""
+    server = make_server(only={"scale": ["1", "2"]}, demo=False)
+    load = h.Load(server.port, threads=4)
+    try:
+        assert load.wait_for_version(2), load.summary()
+        load.run_for(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            code = server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("sluice did not exit within 15 s of SIGTERM under load")
+    finally:
+        load.stop()
+    assert code == 0, f"exit code {code}\n{server.stderr_tail()}"
+    answered_badly = [f for f in load.failures if f[0] != "exception"]
+    assert not answered_badly, answered_badly[:5]
+    assert not load.wrong, load.wrong[:5]
+    h.report(f"sigterm under load: {load.summary()}, connection errors after SIGTERM: {len(load.failures)}")

@@ -329,6 +329,19 @@ def test_chunked_body_over_limit(small_server):
     assert str(LIMIT) in h.error_message(status, headers, body)
 
 
+def test_expect_100_continue_over_limit(small_server):
+    """With `Expect: 100-continue` and a declared body over the limit, the
+    answer is a final 413, not 100 Continue (the client never sends it)."""
+    req = (b"POST /v2/models/scale/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+           b"Content-Type: application/json\r\nContent-Length: 5000000\r\n\r\n")
+    try:
+        status, headers, body = h.raw_exchange(small_server.port, req, timeout=10)
+    except socket.timeout:
+        pytest.fail("no answer within 10 s to an over-limit Expect: 100-continue request")
+    assert status == 413, body
+    assert str(LIMIT) in h.error_message(status, headers, body)
+
+
 def test_small_server_still_serves_after_limits(small_server):
     req = (b"POST /v2/models/scale/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
            b"Content-Length: 999999999999\r\nConnection: close\r\n\r\n")

@@ -34,7 +34,7 @@ def test_hot_swap_twenty_versions_under_load(make_server, tmp_path):
         load.run_for(0.5)
     finally:
         load.stop()
-    print(f"\nhot swap: {load.summary()}")
+    h.report(f"hot swap: {load.summary()}")
     load.check()
     for v in published:
         assert load.seen(v), f"version {v} never answered\n{load.summary()}"
@@ -58,7 +58,7 @@ def test_delete_newest_version_rolls_back_under_load(make_server):
         load.run_for(0.3)
     finally:
         load.stop()
-    print(f"\nrollback: {load.summary()}")
+    h.report(f"rollback: {load.summary()}")
     load.check()
     status, doc = h.infer_scale_raw(server.port, h.X, version=3)
     assert status == 404, doc
@@ -91,7 +91,7 @@ def test_corrupt_version_leaves_previous_serving(make_server, tmp_path):
         load.run_for(0.3)
     finally:
         load.stop()
-    print(f"\ncorrupt: {load.summary()}, reason: {row['reason']!r}")
+    h.report(f"corrupt: {load.summary()}, reason: {row['reason']!r}")
     load.check()
 
 
@@ -112,5 +112,5 @@ def test_incompatible_signature_refused_old_keeps_serving(make_server):
         assert md["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
     finally:
         load.stop()
-    print(f"\nsignature: {load.summary()}, reason: {row['reason']!r}")
+    h.report(f"signature: {load.summary()}, reason: {row['reason']!r}")
     load.check()

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
+import socket
 import struct
+import subprocess
 
 import numpy as np
 import pytest
@@ -206,3 +209,55 @@ def test_get_endpoints_answer_json(server, path):
     if body:
         assert headers["content-type"].startswith("application/json")
         json.loads(body)
+
+
+def test_expect_100_continue(server):
+    """curl sends `Expect: 100-continue` for bodies over 1 KiB and waits for
+    the interim answer before sending the body."""
+    payload = h.json_body([scale_input()])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/scale/versions/2/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                  + f"Content-Length: {len(payload)}\r\n\r\n".encode())
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = s.recv(4096)
+            assert chunk, interim
+            interim += chunk
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        s.sendall(payload)
+        status, headers, body = h.read_response(s)
+    assert status == 200, body
+    assert json.loads(body)["outputs"][0]["data"] == [v * 2 for row in X for v in row]
+
+
+CURL = shutil.which("curl")
+
+
+def curl_supports_http2():
+    if not CURL:
+        return False
+    out = subprocess.run([CURL, "-V"], capture_output=True, text=True).stdout
+    return "HTTP2" in out
+
+
+@pytest.mark.skipif(not curl_supports_http2(), reason="needs curl with HTTP/2 (nghttp2)")
+def test_http2_prior_knowledge(server):
+    """The server speaks h2c on the same port (HTTP/2 without TLS)."""
+    payload = json.dumps({"id": "h2", "inputs": [scale_input()]})
+    out = subprocess.run(
+        [CURL, "-s", "--http2-prior-knowledge", "--max-time", "20", "-H", "Content-Type: application/json",
+         "-w", "\n%{http_version} %{http_code}", "--data-binary", payload,
+         f"{server.url}/v2/models/scale/versions/3/infer"],
+        capture_output=True, text=True, timeout=30)
+    body, _, meta = out.stdout.rpartition("\n")
+    assert meta == "2 200", (meta, body, out.stderr)
+    doc = json.loads(body)
+    assert doc["id"] == "h2" and doc["model_version"] == "3"
+    assert doc["outputs"][0]["data"] == [v * 3 for row in X for v in row]
+    out = subprocess.run([CURL, "-s", "--http2-prior-knowledge", "--max-time", "20", "-w", "\n%{http_version} %{http_code}",
+                          "--data-binary", "{oops", f"{server.url}/v2/models/scale/infer"],
+                         capture_output=True, text=True, timeout=30)
+    body, _, meta = out.stdout.rpartition("\n")
+    assert meta == "2 400", (meta, body)
+    assert "JSON" in json.loads(body)["error"]

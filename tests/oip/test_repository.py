@@ -177,7 +177,7 @@ def test_non_atomic_copy_in_place_under_load(make_server, tmp_path):
         load.run_for(0.3)
     finally:
         load.stop()
-    print(f"\nnon-atomic copy: {load.summary()}")
+    h.report(f"non-atomic copy: {load.summary()}")
     load.check()
     assert index_rows(server)["2"]["state"] == "READY"
 

@@ -169,6 +169,29 @@ struct WireTensor<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// The shared-memory extensions (system and CUDA) are not implemented: a
+/// tensor that names a region is refused, never silently sent in the body
+/// (the client would read a region nobody wrote).
+fn reject_shared_memory(
+    params: &serde_json::Map<String, Value>,
+    context: &str,
+) -> Result<(), DecodeError> {
+    for name in [
+        "shared_memory_region",
+        "shared_memory_byte_size",
+        "shared_memory_offset",
+    ] {
+        if params.get(name).is_some_and(|v| !v.is_null()) {
+            return Err(DecodeError::UnsupportedParameter {
+                context: context.to_string(),
+                name: name.into(),
+                hint: "; Sluice does not implement the shared-memory extensions, send the tensor in the request body",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Splits the body into the JSON header text and the binary section.
 fn split_body(body: &Bytes, header_length: Option<usize>) -> Result<(&str, Bytes), DecodeError> {
     let json_len = match header_length {
@@ -285,8 +308,10 @@ fn decode_requested_outputs(
                     return Err(DecodeError::UnsupportedParameter {
                         context,
                         name: "classification".into(),
+                        hint: "",
                     });
                 }
+                reject_shared_memory(&params, &context)?;
                 match params.get("binary_data") {
                     None | Some(Value::Null) => default_binary,
                     Some(Value::Bool(b)) => *b,
@@ -436,7 +461,9 @@ fn decode_tensors(
 
         let binary_size = match wire.parameters {
             None | Some(Value::Null) => None,
-            Some(Value::Object(params)) => match params.get("binary_data_size") {
+            Some(Value::Object(params)) => match reject_shared_memory(&params, &tref.to_string())
+                .map(|()| params.get("binary_data_size"))?
+            {
                 None | Some(Value::Null) => None,
                 Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
                     Some(n) => Some(n),

@@ -65,8 +65,13 @@ pub enum DecodeError {
         got: String,
     },
 
-    #[error("{context}: parameter `{name}` is not supported")]
-    UnsupportedParameter { context: String, name: String },
+    #[error("{context}: parameter `{name}` is not supported{hint}")]
+    UnsupportedParameter {
+        context: String,
+        name: String,
+        /// Empty, or text starting with "; " that says what to do instead.
+        hint: &'static str,
+    },
 
     #[error(
         "{tensor}: unknown datatype {got:?}; valid datatypes are BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES"

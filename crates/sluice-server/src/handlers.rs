@@ -289,8 +289,24 @@ async fn infer(
 }
 
 /// Reads the body, refusing one over the limit before reading it when its
-/// length is declared, and while reading it otherwise.
+/// length is declared, and while reading it otherwise. A body sent with
+/// `Content-Encoding: gzip` or `deflate` (as tritonclient's
+/// `request_compression_algorithm` does) is decompressed, and the limit
+/// applies to the decompressed size too.
 async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let encoding = match headers.get(header::CONTENT_ENCODING) {
+        None => Encoding::Identity,
+        Some(v) => match v.to_str().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            Ok("identity") | Ok("") => Encoding::Identity,
+            Ok("gzip") | Ok("x-gzip") => Encoding::Gzip,
+            Ok("deflate") => Encoding::Deflate,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "Content-Encoding {v:?} is not supported; send identity, gzip or deflate"
+                )));
+            }
+        },
+    };
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
@@ -305,16 +321,64 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes,
         }
     }
     let limited = http_body_util::Limited::new(body, limit as usize);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge {
-            size: "more than that".into(),
-            limit,
-        }),
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "could not read the request body: {e}"
-        ))),
+    let raw = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::PayloadTooLarge {
+                size: "more than that".into(),
+                limit,
+            });
+        }
+        Err(e) => {
+            return Err(ApiError::BadRequest(format!(
+                "could not read the request body: {e}"
+            )));
+        }
+    };
+    match encoding {
+        Encoding::Identity => Ok(raw),
+        // Decompression is CPU work: off the async workers.
+        _ => tokio::task::spawn_blocking(move || decompress(encoding, &raw, limit))
+            .await
+            .map_err(|e| ApiError::Internal(format!("decompression task failed: {e}")))?,
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+}
+
+/// Inflates `raw`, refusing output over `limit` (a small body can inflate to
+/// gigabytes). `deflate` is zlib-wrapped per HTTP; a raw deflate stream, which
+/// some clients send instead, is accepted too.
+fn decompress(encoding: Encoding, raw: &[u8], limit: u64) -> Result<Bytes, ApiError> {
+    use std::io::Read;
+    let inflate = |reader: &mut dyn Read| -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        reader.take(limit + 1).read_to_end(&mut out)?;
+        Ok(out)
+    };
+    let result = match encoding {
+        Encoding::Gzip => inflate(&mut flate2::read::MultiGzDecoder::new(raw)),
+        Encoding::Deflate => inflate(&mut flate2::read::ZlibDecoder::new(raw))
+            .or_else(|_| inflate(&mut flate2::read::DeflateDecoder::new(raw))),
+        Encoding::Identity => Ok(raw.to_vec()),
+    };
+    let out = result.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the {encoding:?} request body does not decompress: {e}"
+        ))
+    })?;
+    if out.len() as u64 > limit {
+        return Err(ApiError::PayloadTooLarge {
+            size: "more than that once decompressed".into(),
+            limit,
+        });
+    }
+    Ok(Bytes::from(out))
 }
 
 async fn infer_inner(
