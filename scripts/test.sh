@@ -23,5 +23,5 @@ cargo test --workspace
 step "demo and fixture models still load and compute what they should"
 .venv/bin/python models/generate.py check
 
-step "Open Inference Protocol tests through tritonclient"
+step "Open Inference Protocol tests through tritonclient and the KServe SDK"
 .venv/bin/python -m pytest tests/oip -q

@@ -104,19 +104,24 @@ async fn server_metadata() -> axum::Json<Value> {
     }))
 }
 
-async fn live() -> StatusCode {
-    StatusCode::OK
+/// OIP health responses carry `{"live": true}` / `{"ready": bool}` bodies
+/// (the KServe SDK reads them; tritonclient reads only the status).
+async fn live() -> axum::Json<Value> {
+    axum::Json(json!({ "live": true }))
 }
 
 /// Ready once the repository has been loaded at least once. (A repository
 /// whose every model failed is still "ready": the server answers, and the
-/// index says why each model is unavailable.)
-async fn ready(State(state): State<AppState>) -> StatusCode {
-    if state.manager.snapshot().initialised {
+/// index says why each model is unavailable.) Not ready is a 503, which load
+/// balancers and Kubernetes probes understand.
+async fn ready(State(state): State<AppState>) -> Response {
+    let ready = state.manager.snapshot().initialised;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    }
+    };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
 }
 
 /// Finds the version that answers: the one named, or the model's default.
@@ -192,9 +197,9 @@ async fn model_metadata(
 async fn model_ready(
     State(state): State<AppState>,
     Path(p): Path<ModelPath>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<axum::Json<Value>, ApiError> {
     match resolve(&state.manager.snapshot(), &p.model, p.version.as_deref()) {
-        Ok(_) => Ok(StatusCode::OK),
+        Ok(_) => Ok(axum::Json(json!({ "name": p.model, "ready": true }))),
         Err(ApiError::NotReady(message)) => Err(ApiError::BadRequest(message)),
         Err(e) => Err(e),
     }
