@@ -57,11 +57,10 @@ pub fn model_config(name: &str, config: &ModelConfig, executor: &ModelExecutor) 
         VersionPolicy::Latest(n) => json!({ "latest": { "num_versions": n } }),
         VersionPolicy::Specific(v) => json!({ "specific": { "versions": v } }),
     };
-    let kind = if config
-        .effective_execution_providers()
-        .iter()
-        .any(|ep| ep.as_str() != "cpu")
-    {
+    // What runs, from the executor: the options its sessions were built with.
+    let run = executor.options();
+    let providers: Vec<&str> = run.execution_providers.iter().map(|e| e.as_str()).collect();
+    let kind = if providers.iter().any(|ep| *ep != "cpu") {
         "KIND_GPU"
     } else {
         "KIND_CPU"
@@ -74,13 +73,13 @@ pub fn model_config(name: &str, config: &ModelConfig, executor: &ModelExecutor) 
         "max_batch_size": config.max_batch_size,
         "input": io(&executor.signature().inputs),
         "output": io(&executor.signature().outputs),
-        "instance_group": [{ "name": format!("{name}_0"), "kind": kind, "count": config.instances }],
+        "instance_group": [{ "name": format!("{name}_0"), "kind": kind, "count": run.instances }],
         "default_model_filename": "model.onnx",
         "parameters": {
-            "execution_providers": { "string_value": config.effective_execution_providers().iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",") },
-            "graph_optimization": { "string_value": format!("{:?}", config.graph_optimization).to_lowercase() },
-            "max_queue_size": { "string_value": config.max_queue_size.to_string() },
-            "queue_timeout_ms": { "string_value": config.queue_timeout_ms.to_string() },
+            "execution_providers": { "string_value": providers.join(",") },
+            "graph_optimization": { "string_value": format!("{:?}", run.graph_optimization).to_lowercase() },
+            "max_queue_size": { "string_value": run.max_queue_size.to_string() },
+            "queue_timeout_ms": { "string_value": run.queue_timeout.as_millis().to_string() },
         },
     })
 }

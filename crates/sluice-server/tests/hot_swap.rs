@@ -291,3 +291,68 @@ async fn a_version_whose_manifest_does_not_match_is_refused() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_model_settings_reload_the_version() {
+    let root = tempfile::tempdir().unwrap();
+    copy_version(root.path(), "scale", 1, "scale");
+    let server = TestServer::start(root, Default::default()).await;
+    let config: Value = server
+        .get("/v2/models/scale/config")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["instance_group"][0]["count"], 1);
+    std::fs::write(
+        server.root.path().join("scale/model.toml"),
+        "instances = 2\nmax_queue_size = 7\n",
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let config: Value = server
+            .get("/v2/models/scale/config")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if config["instance_group"][0]["count"] == 2 {
+            assert_eq!(config["parameters"]["max_queue_size"]["string_value"], "7");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "settings never applied: {config}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = server
+        .post_json("/v2/models/scale/infer", &scale_request([1.0; 4]))
+        .await;
+    assert_eq!(response.status(), 200);
+    // A model.toml that does not parse leaves the running version alone and
+    // says why in the index.
+    std::fs::write(
+        server.root.path().join("scale/model.toml"),
+        "instances = \"two\"\n",
+    )
+    .unwrap();
+    let index = server
+        .wait_index("invalid model.toml reported", |index| {
+            index_state(index, "scale", "").is_some_and(|(state, _)| state == "UNAVAILABLE")
+        })
+        .await;
+    assert!(
+        index_state(&index, "scale", "")
+            .unwrap()
+            .1
+            .contains("model.toml"),
+        "{index:?}"
+    );
+    let response = server
+        .post_json("/v2/models/scale/infer", &scale_request([1.0; 4]))
+        .await;
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}

@@ -349,10 +349,14 @@ impl Reconciler {
         let mut next: BTreeMap<u64, Loaded> = BTreeMap::new();
         let mut rows: BTreeMap<u64, IndexEntry> = BTreeMap::new();
 
+        // Settings that shape the sessions (instances, threads, providers,
+        // queue): a loaded version built with other settings is reloaded.
+        let options = session_options(config);
         for &version in &wanted {
             let entry = &on_disk[&version];
             if let Some(loaded) = current.get(&version)
                 && loaded.fingerprint == entry.fingerprint
+                && *loaded.executor.options() == options
             {
                 next.insert(version, current.remove(&version).expect("checked above"));
                 continue;
