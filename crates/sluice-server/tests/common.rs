@@ -97,6 +97,26 @@ impl TestServer {
             .unwrap()
     }
 
+    /// POSTs `body` as it is, with no Content-Type (as tritonclient's JSON
+    /// mode does).
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs with no body (the repository extension's calls).
+    pub async fn post_empty(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Waits (bounded) until `check` holds for the repository index.
     pub async fn wait_index(&self, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -119,6 +139,13 @@ impl TestServer {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A server over a repository holding `scale` version 1 only.
+    pub async fn scale_v1() -> TestServer {
+        let root = tempfile::tempdir().unwrap();
+        copy_version(root.path(), "scale", 1, "scale");
+        TestServer::start(root, Default::default()).await
     }
 
     pub async fn stop(mut self) {

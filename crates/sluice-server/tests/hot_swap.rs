@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, copy_version, fixtures, index_state, scale_model, scale_request};
+use common::{TestServer, fixtures, index_state, scale_model, scale_request};
 use serde_json::Value;
 
 /// Client loop: calls `scale` without a version and checks that y = x * v
@@ -60,9 +60,7 @@ async fn client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_remove_versions_under_load_without_a_failed_request() {
-    let root = tempfile::tempdir().unwrap();
-    copy_version(root.path(), "scale", 1, "scale");
-    let server = TestServer::start(root, Default::default()).await;
+    let server = TestServer::scale_v1().await;
     let repo = sluice_registry::Repository::open(server.root.path()).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -129,9 +127,7 @@ async fn publish_and_remove_versions_under_load_without_a_failed_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_or_incompatible_version_is_refused_and_the_old_one_keeps_serving() {
-    let root = tempfile::tempdir().unwrap();
-    copy_version(root.path(), "scale", 1, "scale");
-    let server = TestServer::start(root, Default::default()).await;
+    let server = TestServer::scale_v1().await;
     let repo = sluice_registry::Repository::open(server.root.path()).unwrap();
 
     repo.publish(
@@ -189,15 +185,10 @@ async fn a_corrupt_or_incompatible_version_is_refused_and_the_old_one_keeps_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unload_and_load_through_the_repository_api() {
-    let root = tempfile::tempdir().unwrap();
-    copy_version(root.path(), "scale", 1, "scale");
-    let server = TestServer::start(root, Default::default()).await;
+    let server = TestServer::scale_v1().await;
     let unload = server
-        .client
-        .post(format!("{}/v2/repository/models/scale/unload", server.url))
-        .send()
-        .await
-        .unwrap();
+        .post_empty("/v2/repository/models/scale/unload")
+        .await;
     assert_eq!(unload.status(), 200);
     let ready = server.get("/v2/models/scale/ready").await;
     assert_eq!(ready.status(), 400);
@@ -208,20 +199,10 @@ async fn unload_and_load_through_the_repository_api() {
     // Survives rescans: still unloaded after the watcher's next pass.
     server.manager.reconcile().await.unwrap();
     assert_eq!(server.get("/v2/models/scale/ready").await.status(), 400);
-    let load = server
-        .client
-        .post(format!("{}/v2/repository/models/scale/load", server.url))
-        .send()
-        .await
-        .unwrap();
+    let load = server.post_empty("/v2/repository/models/scale/load").await;
     assert_eq!(load.status(), 200);
     assert_eq!(server.get("/v2/models/scale/ready").await.status(), 200);
-    let missing = server
-        .client
-        .post(format!("{}/v2/repository/models/nope/load", server.url))
-        .send()
-        .await
-        .unwrap();
+    let missing = server.post_empty("/v2/repository/models/nope/load").await;
     assert_eq!(missing.status(), 404);
     server.stop().await;
 }
@@ -294,9 +275,7 @@ async fn a_version_whose_manifest_does_not_match_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_model_settings_reload_the_version() {
-    let root = tempfile::tempdir().unwrap();
-    copy_version(root.path(), "scale", 1, "scale");
-    let server = TestServer::start(root, Default::default()).await;
+    let server = TestServer::scale_v1().await;
     let config: Value = server
         .get("/v2/models/scale/config")
         .await

@@ -183,13 +183,7 @@ async fn a_json_body_without_content_type_is_accepted() {
     let body =
         r#"{"inputs":[{"name":"input","shape":[4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
     // Rank 1 is the wrong rank for iris: a 400 naming the input.
-    let response = server
-        .client
-        .post(format!("{}/v2/models/iris/infer", server.url))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_raw("/v2/models/iris/infer", body).await;
     assert_eq!(response.status(), 400);
     let err: Value = response.json().await.unwrap();
     assert!(
@@ -201,13 +195,7 @@ async fn a_json_body_without_content_type_is_accepted() {
     );
     let body =
         r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
-    let response = server
-        .client
-        .post(format!("{}/v2/models/iris/infer", server.url))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_raw("/v2/models/iris/infer", body).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
     server.stop().await;
