@@ -1,0 +1,401 @@
+//! Sluice's metrics, as written in `docs/specs/instrumentation.md`: every
+//! family is declared here, once, with its name, help text and label names.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::metric::{BATCH_BUCKETS, Counter, Gauge, Histogram, LATENCY_BUCKETS};
+
+/// How a request ended: the `outcome` label of `sluice_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Success,
+    Validation,
+    NotFound,
+    TooLarge,
+    Overloaded,
+    NotReady,
+    Timeout,
+    Runtime,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Success,
+        Outcome::Validation,
+        Outcome::NotFound,
+        Outcome::TooLarge,
+        Outcome::Overloaded,
+        Outcome::NotReady,
+        Outcome::Timeout,
+        Outcome::Runtime,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Validation => "validation",
+            Outcome::NotFound => "not_found",
+            Outcome::TooLarge => "too_large",
+            Outcome::Overloaded => "overloaded",
+            Outcome::NotReady => "not_ready",
+            Outcome::Timeout => "timeout",
+            Outcome::Runtime => "runtime",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The kind of a family, as the exposition formats name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Series of one metric, keyed by label values.
+///
+/// Lookups are lock-free and allocation-free: the map is an immutable
+/// `HashMap` behind an `ArcSwap`, keyed by a hash of the label values, read
+/// with one atomic load. Adding a series (rare: a new version, a new status
+/// code) copies the map under a mutex and swaps it in.
+pub struct Family<M> {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+    make: fn() -> M,
+    series: ArcSwap<SeriesMap<M>>,
+    /// Serialises writers; readers never take it.
+    insert: Mutex<()>,
+}
+
+impl<M> std::fmt::Debug for Family<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Family")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Series by the hash of their label values; a collision shares the vector.
+type SeriesMap<M> = HashMap<u64, Vec<(Vec<String>, Arc<M>)>>;
+
+fn hash_values(values: &[&str]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for v in values {
+        h.write(v.as_bytes());
+        h.write_u8(0xff);
+    }
+    h.finish()
+}
+
+impl<M> Family<M> {
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+        make: fn() -> M,
+    ) -> Self {
+        Family {
+            name,
+            help,
+            labels,
+            make,
+            series: ArcSwap::from_pointee(HashMap::new()),
+            insert: Mutex::new(()),
+        }
+    }
+
+    fn find(map: &SeriesMap<M>, hash: u64, values: &[&str]) -> Option<Arc<M>> {
+        map.get(&hash)?
+            .iter()
+            .find(|(k, _)| k.len() == values.len() && k.iter().zip(values).all(|(a, b)| a == b))
+            .map(|(_, m)| m.clone())
+    }
+
+    /// The series with these label values (in the family's label order),
+    /// created on first use.
+    pub fn get(&self, values: &[&str]) -> Arc<M> {
+        debug_assert_eq!(
+            values.len(),
+            self.labels.len(),
+            "{}: wrong number of label values",
+            self.name
+        );
+        let hash = hash_values(values);
+        if let Some(m) = Self::find(&self.series.load(), hash, values) {
+            return m;
+        }
+        let _writer = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.series.load_full();
+        if let Some(m) = Self::find(&current, hash, values) {
+            return m;
+        }
+        let metric = Arc::new((self.make)());
+        let mut next = HashMap::clone(&current);
+        next.entry(hash).or_default().push((
+            values.iter().map(|v| v.to_string()).collect(),
+            metric.clone(),
+        ));
+        self.series.store(Arc::new(next));
+        metric
+    }
+
+    /// Every series, sorted by label values (for a stable exposition).
+    pub fn series(&self) -> Vec<(Vec<String>, Arc<M>)> {
+        let mut all: Vec<_> = self
+            .series
+            .load()
+            .values()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// Gauges read at scrape time from whoever owns the state (the model
+/// manager), so nothing on the request path maintains them.
+#[derive(Debug, Clone, Default)]
+pub struct LiveState {
+    /// (model, version, requests waiting in its queue), for ready versions.
+    pub queues: Vec<(String, String, usize)>,
+    /// (model, ready versions), for every model in the repository.
+    pub versions_loaded: Vec<(String, usize)>,
+}
+
+type LiveSource = Box<dyn Fn() -> LiveState + Send + Sync>;
+
+/// Every metric family of the process.
+pub struct Metrics {
+    pub requests: Family<Counter>,
+    pub request_duration: Family<Histogram>,
+    pub queue_duration: Family<Histogram>,
+    pub compute_input: Family<Histogram>,
+    pub compute_infer: Family<Histogram>,
+    pub compute_output: Family<Histogram>,
+    pub batch_size: Family<Histogram>,
+    pub in_flight: Family<Gauge>,
+    pub load_duration: Family<Histogram>,
+    pub loads: Family<Counter>,
+    pub spans_exported: Family<Counter>,
+    pub http_duration: Family<Histogram>,
+    live: ArcSwapOption<LiveSource>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+const REQUEST_LABELS: &[&str] = &["model", "version", "protocol", "outcome"];
+const VERSION_LABELS: &[&str] = &["model", "version"];
+/// The OpenTelemetry HTTP semantic convention attributes, with `.` as `_`.
+pub const HTTP_LABELS: &[&str] = &[
+    "http_request_method",
+    "http_route",
+    "http_response_status_code",
+    "url_scheme",
+    "network_protocol_name",
+    "network_protocol_version",
+];
+
+fn latency() -> Histogram {
+    Histogram::new(&LATENCY_BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            requests: Family::new(
+                "sluice_requests_total",
+                "Inference requests answered, by outcome.",
+                REQUEST_LABELS,
+                Counter::default,
+            ),
+            request_duration: Family::new(
+                "sluice_request_duration_seconds",
+                "From the request's arrival to its response being ready.",
+                REQUEST_LABELS,
+                || Histogram::with_exemplars(&LATENCY_BUCKETS),
+            ),
+            queue_duration: Family::new(
+                "sluice_queue_duration_seconds",
+                "Time a request waited in its version's queue for a session.",
+                VERSION_LABELS,
+                latency,
+            ),
+            compute_input: Family::new(
+                "sluice_compute_input_duration_seconds",
+                "Converting the request's tensors into ONNX Runtime values.",
+                VERSION_LABELS,
+                latency,
+            ),
+            compute_infer: Family::new(
+                "sluice_compute_infer_duration_seconds",
+                "ONNX Runtime's Session::run.",
+                VERSION_LABELS,
+                latency,
+            ),
+            compute_output: Family::new(
+                "sluice_compute_output_duration_seconds",
+                "Copying ONNX Runtime's outputs into the response's tensors.",
+                VERSION_LABELS,
+                latency,
+            ),
+            batch_size: Family::new(
+                "sluice_batch_size",
+                "Size of the first dimension of each execution's inputs.",
+                VERSION_LABELS,
+                || Histogram::new(&BATCH_BUCKETS),
+            ),
+            in_flight: Family::new(
+                "sluice_requests_in_flight",
+                "Requests routed to a version and not yet answered.",
+                VERSION_LABELS,
+                Gauge::default,
+            ),
+            load_duration: Family::new(
+                "sluice_model_load_duration_seconds",
+                "Loading a version: manifest check, sessions, warm-up and signature check.",
+                &["model"],
+                latency,
+            ),
+            loads: Family::new(
+                "sluice_model_loads_total",
+                "Version loads, by outcome.",
+                &["model", "outcome"],
+                Counter::default,
+            ),
+            spans_exported: Family::new(
+                "sluice_trace_spans_exported_total",
+                "Spans handed to the OTLP exporter, by outcome.",
+                &["outcome"],
+                Counter::default,
+            ),
+            http_duration: Family::new(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests (OpenTelemetry semantic conventions).",
+                HTTP_LABELS,
+                latency,
+            ),
+            live: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Sets where the scrape-time gauges come from (the model manager).
+    pub fn set_live_source(&self, source: impl Fn() -> LiveState + Send + Sync + 'static) {
+        self.live.store(Some(Arc::new(Box::new(source))));
+    }
+
+    pub fn live_state(&self) -> LiveState {
+        match self.live.load_full() {
+            Some(f) => f(),
+            None => LiveState::default(),
+        }
+    }
+}
+
+/// The handles of one model version, resolved once when it loads, so that
+/// recording a request takes no lookup, lock or allocation.
+#[derive(Debug, Clone)]
+pub struct VersionMetrics {
+    pub queue_duration: Arc<Histogram>,
+    pub compute_input: Arc<Histogram>,
+    pub compute_infer: Arc<Histogram>,
+    pub compute_output: Arc<Histogram>,
+    pub batch_size: Arc<Histogram>,
+    pub in_flight: Arc<Gauge>,
+    requests: Vec<Arc<Counter>>,
+    durations: Vec<Arc<Histogram>>,
+}
+
+impl VersionMetrics {
+    /// Resolves the handles of `model` version `version` for `protocol`.
+    pub fn new(metrics: &Metrics, model: &str, version: u64, protocol: &str) -> VersionMetrics {
+        let v = version.to_string();
+        let labels = [model, v.as_str()];
+        fn per_outcome<M>(
+            family: &Family<M>,
+            model: &str,
+            version: &str,
+            protocol: &str,
+        ) -> Vec<Arc<M>> {
+            Outcome::ALL
+                .iter()
+                .map(|o| family.get(&[model, version, protocol, o.as_str()]))
+                .collect()
+        }
+        VersionMetrics {
+            queue_duration: metrics.queue_duration.get(&labels),
+            compute_input: metrics.compute_input.get(&labels),
+            compute_infer: metrics.compute_infer.get(&labels),
+            compute_output: metrics.compute_output.get(&labels),
+            batch_size: metrics.batch_size.get(&labels),
+            in_flight: metrics.in_flight.get(&labels),
+            requests: per_outcome(&metrics.requests, model, &v, protocol),
+            durations: per_outcome(&metrics.request_duration, model, &v, protocol),
+        }
+    }
+
+    /// Counts one answered request and its duration; `trace_id` (of a
+    /// sampled trace) becomes the duration's exemplar.
+    pub fn record_request(&self, outcome: Outcome, seconds: f64, trace_id: Option<String>) {
+        self.requests[outcome.index()].inc();
+        self.durations[outcome.index()].observe_with_exemplar(seconds, trace_id);
+    }
+}
+
+/// Records a request that failed before any version was chosen (unknown
+/// model, model not ready, ...). Rare, so labels are looked up here.
+pub fn record_unrouted(
+    metrics: &Metrics,
+    model: &str,
+    protocol: &str,
+    outcome: Outcome,
+    seconds: f64,
+) {
+    let labels = [model, "", protocol, outcome.as_str()];
+    metrics.requests.get(&labels).inc();
+    metrics.request_duration.get(&labels).observe(seconds);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_handles_share_the_family_series() {
+        let m = Metrics::new();
+        let v = VersionMetrics::new(&m, "iris", 2, "http");
+        v.record_request(Outcome::Success, 0.001, None);
+        v.record_request(Outcome::Timeout, 0.5, None);
+        assert_eq!(m.requests.get(&["iris", "2", "http", "success"]).get(), 1);
+        assert_eq!(m.requests.get(&["iris", "2", "http", "timeout"]).get(), 1);
+        assert_eq!(
+            m.request_duration
+                .get(&["iris", "2", "http", "success"])
+                .count(),
+            1
+        );
+        // Resolving again gives the same series.
+        let again = VersionMetrics::new(&m, "iris", 2, "http");
+        again.queue_duration.observe(1e-5);
+        assert_eq!(v.queue_duration.count(), 1);
+    }
+}

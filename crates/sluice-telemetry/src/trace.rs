@@ -1,0 +1,269 @@
+//! Logs and traces: one `tracing` subscriber with two layers.
+//!
+//! - a `fmt` layer (text or JSON) filtered by `RUST_LOG`-style directives;
+//! - an OpenTelemetry layer that turns the spans of target
+//!   [`SPAN_TARGET`] into OpenTelemetry spans, sampled parent-based with a
+//!   ratio, and exported over OTLP when an endpoint is configured.
+//!
+//! Spans are created at TRACE level under [`SPAN_TARGET`], so the `fmt`
+//! layer's usual `info` filter never pays for them, while the OpenTelemetry
+//! layer (with its own filter) sees all of them.
+//!
+//! Export is batched on the SDK's own thread and never blocks a request. The
+//! gRPC exporter needs a Tokio reactor on that thread, so it gets a small
+//! runtime of its own; spans that could not be delivered are counted in
+//! `sluice_trace_spans_exported_total{outcome="dropped"}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+};
+use tracing::Level;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::metrics::Metrics;
+
+/// The target of every span that becomes an OpenTelemetry span.
+pub const SPAN_TARGET: &str = "sluice::trace";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// Parses the values of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn parse(s: &str) -> Option<OtlpProtocol> {
+        match s.trim() {
+            "grpc" => Some(OtlpProtocol::Grpc),
+            "http/protobuf" | "http" => Some(OtlpProtocol::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
+
+/// Where and how traces go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceConfig {
+    /// Base URL of the collector (`http://host:4317` for gRPC,
+    /// `http://host:4318` for HTTP, where `/v1/traces` is appended); `None`:
+    /// spans are made (for trace ids in logs and responses) but not exported.
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    /// Probability that a trace started here is sampled (root spans); a
+    /// remote parent's decision is always followed.
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            endpoint: None,
+            protocol: OtlpProtocol::Grpc,
+            sample_ratio: 1.0,
+            service_name: "sluice".into(),
+        }
+    }
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log filter {filter:?}: {message}")]
+    Filter { filter: String, message: String },
+    #[error("cannot build the OTLP exporter for {endpoint}: {message}")]
+    Exporter { endpoint: String, message: String },
+    #[error("--trace-sample-ratio must be between 0 and 1, not {0}")]
+    Ratio(f64),
+    #[error("cannot start the exporter's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// An OTLP exporter that counts what it delivers and what it drops. The
+/// gRPC transport runs on its own current-thread runtime.
+struct CountingExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    runtime: Option<tokio::runtime::Runtime>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for CountingExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingExporter").finish_non_exhaustive()
+    }
+}
+
+impl SpanExporter for CountingExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = match &self.runtime {
+            Some(rt) => rt.block_on(self.inner.export(batch)),
+            None => self.inner.export(batch).await,
+        };
+        let outcome = if result.is_ok() { "success" } else { "dropped" };
+        self.metrics.spans_exported.get(&[outcome]).inc_by(n);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match &self.runtime {
+            Some(rt) => {
+                let _guard = rt.enter();
+                self.inner.shutdown_with_timeout(timeout)
+            }
+            None => self.inner.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Keeps the tracer provider; [`TelemetryGuard::shutdown`] flushes pending
+/// spans. Call it outside the async runtime (it blocks).
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("flushing traces at shutdown failed: {e}");
+        }
+    }
+}
+
+fn exporter(
+    config: &TraceConfig,
+    endpoint: &str,
+    metrics: Arc<Metrics>,
+) -> Result<CountingExporter, TelemetryError> {
+    let fail = |message: String| TelemetryError::Exporter {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let timeout = Duration::from_secs(5);
+    match config.protocol {
+        OtlpProtocol::Grpc => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(TelemetryError::Runtime)?;
+            let inner = {
+                let _guard = runtime.enter();
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .with_timeout(timeout)
+                    .build()
+                    .map_err(|e| fail(e.to_string()))?
+            };
+            Ok(CountingExporter {
+                inner,
+                runtime: Some(runtime),
+                metrics,
+            })
+        }
+        OtlpProtocol::HttpProtobuf => {
+            // A base URL gets the signal path, as OTEL_EXPORTER_OTLP_ENDPOINT does.
+            let url = if endpoint.trim_end_matches('/').ends_with("/v1/traces") {
+                endpoint.to_string()
+            } else {
+                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+            };
+            let inner = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url)
+                .with_timeout(timeout)
+                .build()
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(CountingExporter {
+                inner,
+                runtime: None,
+                metrics,
+            })
+        }
+    }
+}
+
+/// Installs the global subscriber (logs and spans) and the W3C trace-context
+/// propagator. `metrics` receives the exporter's counts.
+pub fn init(
+    log_format: LogFormat,
+    log_filter: &str,
+    config: &TraceConfig,
+    metrics: Arc<Metrics>,
+) -> Result<TelemetryGuard, TelemetryError> {
+    if !(0.0..=1.0).contains(&config.sample_ratio) {
+        return Err(TelemetryError::Ratio(config.sample_ratio));
+    }
+    let filter = EnvFilter::try_new(log_filter).map_err(|e| TelemetryError::Filter {
+        filter: log_filter.to_string(),
+        message: e.to_string(),
+    })?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .build();
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            config.sample_ratio,
+        ))))
+        .with_resource(resource);
+    if let Some(endpoint) = &config.endpoint {
+        // Pre-create both series so dashboards see zeros, not gaps.
+        metrics.spans_exported.get(&["success"]);
+        metrics.spans_exported.get(&["dropped"]);
+        let processor = BatchSpanProcessor::builder(exporter(config, endpoint, metrics)?)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(8192)
+                    .with_scheduled_delay(Duration::from_millis(500))
+                    .build(),
+            )
+            .build();
+        builder = builder.with_span_processor(processor);
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let tracer = provider.tracer("sluice");
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(Targets::new().with_target(SPAN_TARGET, Level::TRACE));
+    let registry = tracing_subscriber::registry().with(otel);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let _ = match log_format {
+        LogFormat::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
+            .try_init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
+    };
+    Ok(TelemetryGuard { provider })
+}
