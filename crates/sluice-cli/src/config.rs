@@ -43,7 +43,26 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Log filter, tracing's EnvFilter syntax (e.g. info, sluice_serving=debug)
+    /// Also serve /metrics on this address (it is always on the HTTP port
+    /// too); port 0 picks a free port (printed at start)
+    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// OTLP collector to export traces to, e.g. http://127.0.0.1:4317 (gRPC)
+    /// or http://127.0.0.1:4318 (HTTP; /v1/traces is appended). Without it
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT are
+    /// used; with none, traces are not exported
+    #[arg(long, env = "SLUICE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf [default: grpc, or
+    /// OTEL_EXPORTER_OTLP_PROTOCOL]
+    #[arg(long, env = "SLUICE_OTLP_PROTOCOL", value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// Share of new traces to sample, 0 to 1; a caller's sampled traceparent
+    /// is always followed (parent-based) [default: 1]
+    #[arg(long, env = "SLUICE_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+    /// Log filter, tracing's EnvFilter syntax (e.g. info, sluice_serving=debug);
+    /// RUST_LOG is used when this is not set
     /// [default: info,ort=warn]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -68,6 +87,10 @@ pub struct FileConfig {
     pub ort_lib: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub log: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub trace_sample_ratio: Option<f64>,
 }
 
 impl FileConfig {
@@ -89,6 +112,8 @@ pub struct ServeSettings {
     pub log_format: LogFormat,
     pub log: String,
     pub http: sluice_server::HttpOptions,
+    pub metrics_addr: Option<SocketAddr>,
+    pub trace: sluice_telemetry::trace::TraceConfig,
 }
 
 impl ServeSettings {
@@ -142,7 +167,14 @@ impl ServeSettings {
             log: args
                 .log
                 .or(file.log)
+                .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
                 .unwrap_or_else(|| "info,ort=warn".into()),
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            trace: trace_config(
+                args.otlp_endpoint.or(file.otlp_endpoint),
+                args.otlp_protocol.or(file.otlp_protocol),
+                args.trace_sample_ratio.or(file.trace_sample_ratio),
+            )?,
             http: sluice_server::HttpOptions {
                 max_body_bytes,
                 ..Default::default()
@@ -151,17 +183,54 @@ impl ServeSettings {
     }
 }
 
-/// Structured logs to stderr (stdout carries only the `listening on` line).
-pub fn init_logging(settings: &ServeSettings) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match settings.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+/// The trace settings: flags (or the config file) first, then the standard
+/// OpenTelemetry variables.
+fn trace_config(
+    endpoint: Option<String>,
+    protocol: Option<String>,
+    ratio: Option<f64>,
+) -> anyhow::Result<sluice_telemetry::trace::TraceConfig> {
+    use sluice_telemetry::trace::{OtlpProtocol, TraceConfig};
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let protocol_text = protocol
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    let protocol = match protocol_text {
+        None => OtlpProtocol::Grpc,
+        Some(p) => OtlpProtocol::parse(&p)
+            .with_context(|| format!("unknown OTLP protocol {p:?}: use grpc or http/protobuf"))?,
     };
+    let endpoint = endpoint
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let sample_ratio = ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        anyhow::bail!("trace_sample_ratio must be between 0 and 1, not {sample_ratio}");
+    }
+    Ok(TraceConfig {
+        endpoint,
+        protocol,
+        sample_ratio,
+        service_name: env("OTEL_SERVICE_NAME").unwrap_or_else(|| "sluice".into()),
+    })
+}
+
+/// Structured logs to stderr (stdout carries only the `listening on` /
+/// `metrics on` lines) and the trace pipeline; the guard flushes spans at exit.
+pub fn init_telemetry(
+    settings: &ServeSettings,
+    metrics: std::sync::Arc<sluice_telemetry::Metrics>,
+) -> anyhow::Result<sluice_telemetry::trace::TelemetryGuard> {
+    let format = match settings.log_format {
+        LogFormat::Json => sluice_telemetry::trace::LogFormat::Json,
+        LogFormat::Text => sluice_telemetry::trace::LogFormat::Text,
+    };
+    Ok(sluice_telemetry::trace::init(
+        format,
+        &settings.log,
+        &settings.trace,
+        metrics,
+    )?)
 }
 
 #[cfg(test)]

@@ -77,13 +77,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = ServeSettings::resolve(args)?;
-            config::init_logging(&settings);
+            let metrics = std::sync::Arc::new(sluice_telemetry::Metrics::new());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("sluice-async")
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(serve(settings))
+            let guard = {
+                let _context = rt.enter();
+                config::init_telemetry(&settings, metrics.clone())?
+            };
+            let served = rt.block_on(serve(settings, metrics));
+            // Flush pending spans outside the async runtime (it blocks).
+            drop(rt);
+            guard.shutdown();
+            served
         }
         Command::Models(ModelsCommand::Publish {
             model,
@@ -140,7 +148,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `sluice serve`: load the ONNX Runtime library, start the model manager,
 /// bind, print the address, serve until SIGINT/SIGTERM.
-pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: ServeSettings,
+    metrics: std::sync::Arc<sluice_telemetry::Metrics>,
+) -> anyhow::Result<()> {
     let runtime = sluice_runtime::OrtRuntime::init(settings.ort_lib.as_deref())?;
     tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded");
     let repo = sluice_registry::Repository::open(&settings.models)?;
@@ -150,6 +161,7 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
             runtime,
             require_manifests: settings.require_manifests,
             rescan_interval: settings.rescan_interval,
+            metrics: Some(metrics.clone()),
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
@@ -159,7 +171,43 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port when binding port 0.
     println!("listening on http://{addr}");
     tracing::info!(%addr, models = %settings.models.display(), "serving");
-    sluice_server::run(listener, manager, settings.http.clone(), shutdown_signal()).await?;
+    // One shutdown signal for both listeners.
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let metrics_server = match settings.metrics_addr {
+        Some(metrics_addr) => {
+            let listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?;
+            println!("metrics on http://{}", listener.local_addr()?);
+            let mut stopped = stop.subscribe();
+            let metrics = metrics.clone();
+            Some(tokio::spawn(async move {
+                sluice_server::run_metrics(listener, metrics, async move {
+                    let _ = stopped.recv().await;
+                })
+                .await
+            }))
+        }
+        None => None,
+    };
+    let mut http = settings.http.clone();
+    http.metrics = Some(metrics);
+    let mut stopped = stop.subscribe();
+    let main = sluice_server::run(listener, manager, http, async move {
+        let _ = stopped.recv().await;
+    });
+    tokio::pin!(main);
+    tokio::select! {
+        result = &mut main => result?,
+        _ = shutdown_signal() => {
+            let _ = stop.send(());
+            main.await?;
+        }
+    }
+    if let Some(task) = metrics_server {
+        let _ = stop.send(());
+        task.await.context("metrics server task")??;
+    }
     Ok(())
 }
 

@@ -26,6 +26,8 @@ use crate::error::{InferError, LoadError};
 use crate::library::OrtRuntime;
 use crate::signature::Signature;
 use crate::stats::VersionStats;
+use sluice_telemetry::VersionMetrics;
+use sluice_telemetry::trace::SPAN_TARGET;
 
 /// ONNX Runtime's graph optimisation levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -115,9 +117,11 @@ struct Job {
     inputs: Vec<(String, Tensor)>,
     outputs: Vec<String>,
     enqueued: Instant,
-    /// The caller's span, entered on the worker so its logs and (later) trace
-    /// spans stay attached to the request.
+    /// The caller's span (the request's server span), entered on the worker
+    /// so logs and the inference spans stay attached to the request.
     span: tracing::Span,
+    /// `sluice.queue`: open from enqueue until a worker takes the job.
+    queue_span: tracing::Span,
     reply: oneshot::Sender<Result<InferOutput, InferError>>,
 }
 
@@ -132,6 +136,9 @@ pub struct ModelExecutor {
     /// Jobs in; bounded by `max_queue_size` so overload is refused, not queued.
     queue: Sender<Job>,
     stats: Arc<VersionStats>,
+    /// Prometheus handles of this version, resolved once at load; `None`
+    /// when telemetry is off.
+    metrics: Option<VersionMetrics>,
     /// Kept only so the threads are named in debuggers; never joined (the
     /// last drop may happen on an async thread, which must not block).
     _workers: Vec<JoinHandle<()>>,
@@ -242,6 +249,12 @@ fn run_session(
     outputs: &[String],
 ) -> Result<(InferOutput, [Duration; 3]), RunError> {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let phase = |name: &'static str| match name {
+            "input" => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_input"),
+            "infer" => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_infer"),
+            _ => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_output"),
+        };
+        let span = phase("input").entered();
         let t0 = Instant::now();
         let values = inputs
             .iter()
@@ -252,6 +265,8 @@ fn run_session(
             })
             .collect::<Result<Vec<_>, RunError>>()?;
         let t1 = Instant::now();
+        drop(span);
+        let span = phase("infer").entered();
         let mut result = session.run(values).map_err(|e| match e.code() {
             ort::error::ErrorCode::InvalidArgument => {
                 RunError::Input(format!("ONNX Runtime refused the input: {e}"))
@@ -259,6 +274,8 @@ fn run_session(
             _ => RunError::Runtime(e.to_string()),
         })?;
         let t2 = Instant::now();
+        drop(span);
+        let _span = phase("output").entered();
         let outputs = outputs
             .iter()
             .map(|name| {
@@ -292,12 +309,18 @@ struct Worker {
     timeout: Duration,
     session: Session,
     stats: Arc<VersionStats>,
+    metrics: Option<VersionMetrics>,
     queue: Receiver<Job>,
 }
 
 impl Worker {
     fn run(mut self) {
-        while let Ok(job) = self.queue.recv() {
+        while let Ok(mut job) = self.queue.recv() {
+            // Dequeued: the queue span ends here.
+            drop(std::mem::replace(
+                &mut job.queue_span,
+                tracing::Span::none(),
+            ));
             let _entered = job.span.enter();
             if job.reply.is_closed() {
                 // The caller went away (client disconnected): skip the work.
@@ -314,18 +337,35 @@ impl Worker {
                 }));
                 continue;
             }
-            let result = run_session(&mut self.session, &job.inputs, &job.outputs);
+            let batch = job
+                .inputs
+                .first()
+                .and_then(|(_, t)| t.shape().first())
+                .copied()
+                .unwrap_or(1)
+                .max(1) as u64;
+            let inference = tracing::trace_span!(
+                target: SPAN_TARGET,
+                "sluice.inference",
+                "sluice.model" = %self.model,
+                "sluice.model_version" = self.version,
+                "sluice.batch_size" = batch,
+            );
+            let result =
+                inference.in_scope(|| run_session(&mut self.session, &job.inputs, &job.outputs));
+            drop(inference);
             let total = job.enqueued.elapsed();
             let reply = match result {
                 Ok((output, [input, infer, out])) => {
                     self.stats.record_phases(waited, input, infer, out);
-                    let batch = job
-                        .inputs
-                        .first()
-                        .and_then(|(_, t)| t.shape().first())
-                        .copied()
-                        .unwrap_or(1);
-                    self.stats.record_success(total, batch.max(1) as u64);
+                    self.stats.record_success(total, batch);
+                    if let Some(m) = &self.metrics {
+                        m.queue_duration.observe(waited.as_secs_f64());
+                        m.compute_input.observe(input.as_secs_f64());
+                        m.compute_infer.observe(infer.as_secs_f64());
+                        m.compute_output.observe(out.as_secs_f64());
+                        m.batch_size.observe(batch as f64);
+                    }
                     Ok(output)
                 }
                 Err(RunError::Input(message)) => {
@@ -358,6 +398,7 @@ impl ModelExecutor {
         version: u64,
         path: &Path,
         options: SessionOptions,
+        metrics: Option<VersionMetrics>,
     ) -> Result<ModelExecutor, LoadError> {
         let instances = options.instances.max(1);
         let mut sessions = Vec::with_capacity(instances);
@@ -390,6 +431,7 @@ impl ModelExecutor {
                 timeout: options.queue_timeout,
                 session,
                 stats: stats.clone(),
+                metrics: metrics.clone(),
                 queue: rx.clone(),
             };
             let handle = std::thread::Builder::new()
@@ -406,6 +448,7 @@ impl ModelExecutor {
             options,
             queue: tx,
             stats,
+            metrics,
             _workers: workers,
         })
     }
@@ -432,6 +475,11 @@ impl ModelExecutor {
 
     pub fn stats(&self) -> &VersionStats {
         &self.stats
+    }
+
+    /// This version's metric handles, when telemetry is on.
+    pub fn metrics(&self) -> Option<&VersionMetrics> {
+        self.metrics.as_ref()
     }
 
     /// Requests waiting for a worker now.
@@ -469,6 +517,12 @@ impl ModelExecutor {
             outputs,
             enqueued: started,
             span: tracing::Span::current(),
+            queue_span: tracing::trace_span!(
+                target: SPAN_TARGET,
+                "sluice.queue",
+                "sluice.model" = %self.model,
+                "sluice.model_version" = self.version,
+            ),
             reply,
         };
         match self.queue.try_send(job) {

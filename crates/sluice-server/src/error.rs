@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sluice_runtime::InferError;
 use sluice_serving::ServingError;
+use sluice_telemetry::Outcome;
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -48,32 +49,37 @@ impl ApiError {
         }
     }
 
-    /// A short, bounded label for logs and (later) metrics.
-    pub fn reason(&self) -> &'static str {
+    /// The bounded `outcome` label of metrics and request logs.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            ApiError::BadRequest(_) => "validation",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::PayloadTooLarge { .. } => "too_large",
-            ApiError::Overloaded(_) => "overloaded",
-            ApiError::NotReady(_) => "not_ready",
-            ApiError::Timeout(_) => "timeout",
-            ApiError::Internal(_) => "runtime",
+            ApiError::BadRequest(_) => Outcome::Validation,
+            ApiError::NotFound(_) => Outcome::NotFound,
+            ApiError::PayloadTooLarge { .. } => Outcome::TooLarge,
+            ApiError::Overloaded(_) => Outcome::Overloaded,
+            ApiError::NotReady(_) => Outcome::NotReady,
+            ApiError::Timeout(_) => Outcome::Timeout,
+            ApiError::Internal(_) => Outcome::Runtime,
         }
     }
 }
 
 impl IntoResponse for ApiError {
+    /// `{"error": "..."}` with the status. The failure is logged once, in the
+    /// request's log line (see `telemetry::observe`), which reads the
+    /// message from the response's [`ErrorMessage`] extension.
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), reason = self.reason(), error = %self, "request failed");
-        } else {
-            tracing::debug!(status = status.as_u16(), reason = self.reason(), error = %self, "request refused");
-        }
-        let body = serde_json::json!({ "error": self.to_string() });
-        (status, axum::Json(body)).into_response()
+        let message = self.to_string();
+        let body = serde_json::json!({ "error": message });
+        let mut response = (status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(ErrorMessage(message));
+        response
     }
 }
+
+/// The error message of a failed response, for the request log line.
+#[derive(Debug, Clone)]
+pub struct ErrorMessage(pub String);
 
 impl From<sluice_oip::DecodeError> for ApiError {
     fn from(e: sluice_oip::DecodeError) -> Self {

@@ -17,9 +17,12 @@ use serde_json::{Value, json};
 use sluice_oip::{InferResponse, ResponseOutput};
 use sluice_runtime::ModelExecutor;
 use sluice_serving::{ModelSnapshot, Snapshot, VersionState};
+use sluice_telemetry::Outcome;
+use sluice_telemetry::trace::SPAN_TARGET;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::telemetry::{self, InferRecord};
 use crate::triton;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -59,8 +62,15 @@ pub fn routes(state: AppState) -> Router {
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside the request id (it reads it), outside every handler: the
+        // server span, the HTTP metric and the request log line.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::observe,
+        ))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -94,6 +104,10 @@ async fn not_found(request: Request) -> ApiError {
 async fn method_not_allowed(request: Request) -> Response {
     let body = json!({ "error": format!("method {} is not allowed on {}", request.method(), request.uri().path()) });
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    telemetry::render_metrics(state.options.metrics.as_deref(), &headers)
 }
 
 async fn server_metadata() -> axum::Json<Value> {
@@ -289,8 +303,57 @@ async fn infer(
     Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    infer_inner(state, p.model, p.version, headers, body).await
+) -> Response {
+    let started = std::time::Instant::now();
+    let (executor, result) =
+        infer_inner(&state, &p.model, p.version.as_deref(), headers, body).await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Success,
+        Err(e) => e.outcome(),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    // The model label only ever names a model the repository holds.
+    let model = match &executor {
+        Some(e) => e.model().to_string(),
+        None if state.manager.snapshot().knows(&p.model) => p.model.clone(),
+        None => String::new(),
+    };
+    match executor.as_ref().and_then(|e| e.metrics()) {
+        Some(m) => m.record_request(outcome, seconds, telemetry::sampled_trace_id()),
+        None => {
+            if let Some(metrics) = &state.options.metrics {
+                sluice_telemetry::record_unrouted(metrics, &model, "http", outcome, seconds);
+            }
+        }
+    }
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(InferRecord {
+        model,
+        version: executor.as_ref().map(|e| e.version()),
+        outcome,
+    });
+    response
+}
+
+/// Counts a request in its version's in-flight gauge while it lives.
+struct InFlight(Option<Arc<sluice_telemetry::metric::Gauge>>);
+
+impl InFlight {
+    fn new(executor: &ModelExecutor) -> InFlight {
+        let gauge = executor.metrics().map(|m| m.in_flight.clone());
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
 }
 
 /// Reads the body, refusing one over the limit before reading it when its
@@ -386,17 +449,43 @@ fn decompress(encoding: Encoding, raw: &[u8], limit: u64) -> Result<Bytes, ApiEr
     Ok(Bytes::from(out))
 }
 
+/// Routes, decodes, runs and encodes one inference. Returns the version
+/// that was chosen (if routing got that far) with the result, so the caller
+/// can count the request against it.
 async fn infer_inner(
-    state: AppState,
-    model: String,
-    version: Option<String>,
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> (Option<Arc<ModelExecutor>>, Result<Response, ApiError>) {
+    // Route first: an unknown model is a 404 whatever the body holds. The
+    // snapshot guard is dropped here, before any await.
+    let executor = match resolve(&state.manager.snapshot(), model, version) {
+        Ok((_, executor)) => executor,
+        Err(e) => return (None, Err(e)),
+    };
+    let _in_flight = InFlight::new(&executor);
+    let result = run_inference(state, &executor, headers, body).await;
+    (Some(executor), result)
+}
+
+async fn run_inference(
+    state: &AppState,
+    executor: &ModelExecutor,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Route first: an unknown model is a 404 whatever the body holds. The
-    // snapshot guard is dropped here, before any await.
-    let (_, executor) = resolve(&state.manager.snapshot(), &model, version.as_deref())?;
-    let body = read_body(&headers, body, state.options.max_body_bytes).await?;
+    // Failures before the executor sees the request count against the
+    // version here; the executor counts its own.
+    let started = std::time::Instant::now();
+    let failed = |e: ApiError| {
+        executor.stats().record_failure(started.elapsed());
+        e
+    };
+    let body = read_body(&headers, body, state.options.max_body_bytes)
+        .await
+        .map_err(failed)?;
     let header_length = match headers.get(&HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -404,17 +493,22 @@ async fn infer_inner(
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
                 .ok_or_else(|| {
-                    ApiError::BadRequest("Inference-Header-Content-Length is not a number".into())
+                    failed(ApiError::BadRequest(
+                        "Inference-Header-Content-Length is not a number".into(),
+                    ))
                 })?,
         ),
     };
-    let started = std::time::Instant::now();
-    let mut request = match sluice_oip::decode_infer_request(body, header_length) {
-        Ok(r) => r,
-        Err(e) => {
-            executor.stats().record_failure(started.elapsed());
-            return Err(e.into());
-        }
+    let mut request = {
+        let _span = tracing::trace_span!(
+            target: SPAN_TARGET,
+            "sluice.decode",
+            "sluice.model" = executor.model(),
+            "sluice.model_version" = executor.version(),
+            "sluice.request_bytes" = body.len(),
+        )
+        .entered();
+        sluice_oip::decode_infer_request(body, header_length).map_err(|e| failed(e.into()))?
     };
     let names: Vec<String> = match &request.outputs {
         Some(outputs) => outputs.iter().map(|o| o.name.clone()).collect(),
@@ -425,6 +519,14 @@ async fn infer_inner(
         .map(|named| (named.name, named.tensor))
         .collect();
     let result = executor.infer(inputs, names).await?;
+    let encode_span = tracing::trace_span!(
+        target: SPAN_TARGET,
+        "sluice.encode",
+        "sluice.model" = executor.model(),
+        "sluice.model_version" = executor.version(),
+        "sluice.response_bytes" = tracing::field::Empty,
+    )
+    .entered();
     let outputs = result
         .outputs
         .into_iter()
@@ -436,12 +538,14 @@ async fn infer_inner(
         .collect();
     let version_text = executor.version().to_string();
     let encoded = sluice_oip::encode_infer_response(&InferResponse {
-        model_name: &model,
+        model_name: executor.model(),
         model_version: &version_text,
         id: request.id.as_deref(),
         parameters: None,
         outputs,
     });
+    encode_span.record("sluice.response_bytes", encoded.body.len());
+    drop(encode_span);
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();
     h.insert(

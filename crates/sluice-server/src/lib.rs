@@ -18,6 +18,7 @@
 
 mod error;
 mod handlers;
+mod telemetry;
 mod triton;
 
 use std::future::Future;
@@ -29,6 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use sluice_serving::ModelManager;
+use sluice_telemetry::Metrics;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
@@ -41,6 +43,9 @@ pub struct HttpOptions {
     pub max_body_bytes: u64,
     /// How long shutdown waits for in-flight requests before closing.
     pub shutdown_grace: Duration,
+    /// Where request metrics go, and what `/metrics` shows; `None` turns
+    /// metrics off (and `/metrics` answers 404).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for HttpOptions {
@@ -48,6 +53,7 @@ impl Default for HttpOptions {
         HttpOptions {
             max_body_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            metrics: None,
         }
     }
 }
@@ -77,7 +83,33 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let grace = options.shutdown_grace;
-    let app = router(manager, options);
+    serve(listener, router(manager, options), grace, shutdown).await
+}
+
+/// Serves `/metrics` alone on `listener` (the `--metrics-addr` port), until
+/// `shutdown` resolves.
+pub async fn run_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve(
+        listener,
+        telemetry::metrics_router(metrics),
+        Duration::from_secs(1),
+        shutdown,
+    )
+    .await
+}
+
+/// The accept loop: hyper-util's auto builder (HTTP/1.1 and h2c) per
+/// connection, graceful shutdown.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);

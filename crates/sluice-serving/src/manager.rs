@@ -8,6 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sluice_registry::{Fingerprint, ModelConfig, Repository, Verification, VersionEntry};
 use sluice_runtime::{ModelExecutor, OrtRuntime, SessionOptions};
+use sluice_telemetry::{LiveState, Metrics, VersionMetrics};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::snapshot::{IndexEntry, ModelSnapshot, Snapshot, VersionState};
@@ -33,6 +34,9 @@ pub struct ManagerOptions {
     /// Rescan the repository at least this often, whatever the file watcher
     /// reports (it can miss events on network filesystems).
     pub rescan_interval: Duration,
+    /// Where load metrics and each version's request metrics go; `None`
+    /// turns metrics off.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 enum Command {
@@ -69,6 +73,12 @@ impl ModelManager {
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let (commands, rx) = mpsc::channel(64);
         let root = repo.root().to_path_buf();
+        if let Some(metrics) = &options.metrics {
+            // Queue depths and loaded versions are read from the snapshot at
+            // scrape time, so the request path maintains no gauge for them.
+            let snapshot = snapshot.clone();
+            metrics.set_live_source(move || live_state(&snapshot.load()));
+        }
         let task = Reconciler {
             repo,
             options,
@@ -468,6 +478,7 @@ impl Reconciler {
         }
     }
 
+    /// Loads a version, recording its duration and outcome in the metrics.
     async fn load_version(
         &self,
         name: &str,
@@ -475,6 +486,38 @@ impl Reconciler {
         config: &ModelConfig,
         reference: Option<&ModelExecutor>,
     ) -> Result<Loaded, String> {
+        let started = std::time::Instant::now();
+        let result = self
+            .load_version_unmetered(name, entry, config, reference)
+            .await;
+        if let Some(metrics) = &self.options.metrics {
+            metrics
+                .load_duration
+                .get(&[name])
+                .observe(started.elapsed().as_secs_f64());
+            let success = metrics.loads.get(&[name, "success"]);
+            let failure = metrics.loads.get(&[name, "failure"]);
+            if result.is_ok() {
+                success.inc()
+            } else {
+                failure.inc()
+            }
+        }
+        result
+    }
+
+    async fn load_version_unmetered(
+        &self,
+        name: &str,
+        entry: &VersionEntry,
+        config: &ModelConfig,
+        reference: Option<&ModelExecutor>,
+    ) -> Result<Loaded, String> {
+        let version_metrics = self
+            .options
+            .metrics
+            .as_ref()
+            .map(|m| VersionMetrics::new(m, name, entry.version, "http"));
         let runtime = self.options.runtime.clone();
         let require = self.options.require_manifests;
         let model = name.to_string();
@@ -494,7 +537,14 @@ impl Reconciler {
                 }
                 Verification::Unverified => false,
             };
-            let executor = ModelExecutor::load(&runtime, &model, version_entry.version, &version_entry.model_file, options)
+            let executor = ModelExecutor::load(
+                &runtime,
+                &model,
+                version_entry.version,
+                &version_entry.model_file,
+                options,
+                version_metrics,
+            )
                 .map_err(|e| e.to_string())?;
             Ok((executor, verified))
         })
@@ -555,6 +605,25 @@ impl Reconciler {
             alive
         });
     }
+}
+
+/// The scrape-time gauges: each ready version's queue depth, and each
+/// model's number of ready versions.
+fn live_state(snapshot: &Snapshot) -> LiveState {
+    let mut state = LiveState::default();
+    for (name, model) in &snapshot.models {
+        state
+            .versions_loaded
+            .push((name.clone(), model.versions.len()));
+        for (v, executor) in &model.versions {
+            state
+                .queues
+                .push((name.clone(), v.to_string(), executor.queued()));
+        }
+    }
+    state.versions_loaded.sort();
+    state.queues.sort();
+    state
 }
 
 fn unavailable(name: &str, version: u64, reason: String) -> IndexEntry {

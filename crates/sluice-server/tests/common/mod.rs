@@ -4,10 +4,12 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_serving::{ManagerOptions, ModelManager};
+use sluice_telemetry::Metrics;
 use tokio::sync::oneshot;
 
 pub fn fixtures() -> PathBuf {
@@ -32,6 +34,7 @@ pub struct TestServer {
     pub url: String,
     pub root: tempfile::TempDir,
     pub manager: ModelManager,
+    pub metrics: Arc<Metrics>,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -39,16 +42,22 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a server over `root` (already populated) and waits until ready.
-    pub async fn start(root: tempfile::TempDir, options: sluice_server::HttpOptions) -> TestServer {
+    pub async fn start(
+        root: tempfile::TempDir,
+        mut options: sluice_server::HttpOptions,
+    ) -> TestServer {
         let runtime = sluice_runtime::OrtRuntime::init(None)
             .expect("ONNX Runtime (run scripts/fetch-ort.sh)");
         let repo = sluice_registry::Repository::open(root.path()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        options.metrics = Some(metrics.clone());
         let manager = ModelManager::start(
             repo,
             ManagerOptions {
                 runtime,
                 require_manifests: false,
                 rescan_interval: Duration::from_millis(300),
+                metrics: Some(metrics.clone()),
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -70,6 +79,7 @@ impl TestServer {
             url,
             root,
             manager,
+            metrics,
             client,
             stop: Some(stop),
             task: Some(task),

@@ -1,0 +1,210 @@
+//! The request's telemetry: its server span (child of the caller's W3C
+//! `traceparent`), the OpenTelemetry HTTP server metric, the request log line,
+//! and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt;
+use sluice_telemetry::trace::SPAN_TARGET;
+use sluice_telemetry::{Format, Metrics, Outcome};
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::AppState;
+use crate::error::ErrorMessage;
+use crate::handlers::REQUEST_ID;
+
+/// What the infer handler tells the request log line and the span: which
+/// model and version answered, and how it ended. A response extension.
+#[derive(Debug, Clone)]
+pub struct InferRecord {
+    pub model: String,
+    pub version: Option<u64>,
+    pub outcome: Outcome,
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The trace id of the current span when its trace is sampled (exemplars
+/// link only to traces that exist in the backend).
+pub fn sampled_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
+}
+
+fn protocol_version(v: axum::http::Version) -> &'static str {
+    match v {
+        axum::http::Version::HTTP_09 => "0.9",
+        axum::http::Version::HTTP_10 => "1.0",
+        axum::http::Version::HTTP_11 => "1.1",
+        axum::http::Version::HTTP_2 => "2",
+        axum::http::Version::HTTP_3 => "3",
+        _ => "",
+    }
+}
+
+/// Middleware around every route: server span, HTTP metric, log line.
+pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("");
+    let version = protocol_version(request.version());
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    // Semantic-convention span name: the route template, never the raw path.
+    let name = if route.is_empty() {
+        method.to_string()
+    } else {
+        format!("{method} {route}")
+    };
+    let span = tracing::trace_span!(
+        target: SPAN_TARGET,
+        "http.server",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        "http.request.method" = %method,
+        "http.route" = route,
+        "url.path" = request.uri().path(),
+        "url.scheme" = "http",
+        "network.protocol.version" = version,
+        "http.response.status_code" = Empty,
+        "sluice.request_id" = %request_id,
+        "sluice.model" = Empty,
+        "sluice.model_version" = Empty,
+        "error.type" = Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(request.headers()))
+    });
+    let _ = span.set_parent(parent);
+
+    let mut response = next.run(request).instrument(span.clone()).await;
+
+    let status = response.status();
+    let elapsed = started.elapsed();
+    let record = response.extensions().get::<InferRecord>().cloned();
+    span.record("http.response.status_code", status.as_u16());
+    if let Some(r) = &record {
+        span.record("sluice.model", r.model.as_str());
+        if let Some(v) = r.version {
+            span.record("sluice.model_version", v);
+        }
+    }
+    if status.is_client_error() || status.is_server_error() {
+        let error_type = record
+            .as_ref()
+            .map(|r| r.outcome.as_str())
+            .unwrap_or(status.as_str());
+        span.record("error.type", error_type);
+    }
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let cx = span.context();
+    let otel_span = cx.span();
+    let sc = otel_span.span_context();
+    let (trace_id, span_id) = if sc.is_valid() {
+        let flags = if sc.is_sampled() { "01" } else { "00" };
+        let traceparent = format!("00-{}-{}-{flags}", sc.trace_id(), sc.span_id());
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            response.headers_mut().insert("traceparent", v);
+        }
+        (sc.trace_id().to_string(), sc.span_id().to_string())
+    } else {
+        (String::new(), String::new())
+    };
+
+    if let Some(metrics) = &state.options.metrics {
+        metrics
+            .http_duration
+            .get(&[
+                method.as_str(),
+                route,
+                status.as_str(),
+                "http",
+                "http",
+                version,
+            ])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    let error = response
+        .extensions()
+        .get::<ErrorMessage>()
+        .map(|e| e.0.as_str());
+    let model = record.as_ref().map(|r| r.model.as_str());
+    let model_version = record.as_ref().and_then(|r| r.version);
+    let outcome = record.as_ref().map(|r| r.outcome.as_str());
+    let duration_ms = elapsed.as_secs_f64() * 1e3;
+    macro_rules! request_line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "sluice::request",
+                request_id = %request_id,
+                trace_id = %trace_id,
+                span_id = %span_id,
+                method = %method,
+                route,
+                status = status.as_u16(),
+                outcome,
+                model,
+                version = model_version,
+                duration_ms,
+                error,
+                "request"
+            )
+        };
+    }
+    if status.is_server_error() {
+        request_line!(warn);
+    } else {
+        request_line!(info);
+    }
+    response
+}
+
+/// `GET /metrics`: Prometheus text, or OpenMetrics when `Accept` asks.
+pub fn render_metrics(metrics: Option<&Metrics>, headers: &HeaderMap) -> Response {
+    let Some(metrics) = metrics else {
+        return crate::ApiError::NotFound("metrics are turned off".into()).into_response();
+    };
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = sluice_telemetry::encode(metrics, format);
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+/// The router of `--metrics-addr`: `/metrics` only.
+pub fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: HeaderMap| {
+            let metrics = metrics.clone();
+            async move { render_metrics(Some(&metrics), &headers) }
+        }),
+    )
+}
