@@ -10,6 +10,8 @@ step "fetch ONNX Runtime (if missing)"
 scripts/fetch-ort.sh
 step "Python test environment (.venv)"
 scripts/setup-venv.sh
+step "Prometheus and promtool (if missing)"
+scripts/setup-prometheus.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -23,5 +25,9 @@ cargo test --workspace
 step "demo and fixture models still load and compute what they should"
 .venv/bin/python models/generate.py check
 
-step "Open Inference Protocol tests through tritonclient and the KServe SDK"
-.venv/bin/python -m pytest tests/oip -q
+step "black-box suites: OIP through tritonclient and the KServe SDK, telemetry through Prometheus and OTLP, deploy/ files"
+suites=()
+for d in tests/oip tests/telemetry tests/deploy; do
+  [ -d "$d" ] && suites+=("$d")
+done
+.venv/bin/python -m pytest "${suites[@]}" -q
