@@ -26,8 +26,10 @@ step "demo and fixture models still load and compute what they should"
 .venv/bin/python models/generate.py check
 
 step "black-box suites: OIP through tritonclient and the KServe SDK, telemetry through Prometheus and OTLP, deploy/ files"
-suites=()
+# One pytest run per suite: each has its own conftest and helpers.
 for d in tests/oip tests/telemetry tests/deploy; do
-  [ -d "$d" ] && suites+=("$d")
+  if [ -d "$d" ]; then
+    step "pytest $d"
+    .venv/bin/python -m pytest "$d" -q
+  fi
 done
-.venv/bin/python -m pytest "${suites[@]}" -q
