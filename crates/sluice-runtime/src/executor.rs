@@ -434,9 +434,12 @@ impl ModelExecutor {
                 metrics: metrics.clone(),
                 queue: rx.clone(),
             };
+            // Workers log and trace through the subscriber that was current
+            // when the version loaded (the global one, in the server).
+            let dispatch = tracing::dispatcher::get_default(Clone::clone);
             let handle = std::thread::Builder::new()
                 .name(format!("ort-{model}-v{version}-{i}"))
-                .spawn(move || worker.run())
+                .spawn(move || tracing::dispatcher::with_default(&dispatch, || worker.run()))
                 .map_err(LoadError::Thread)?;
             workers.push(handle);
         }

@@ -12,10 +12,17 @@ use serde_json::json;
 /// Metric names and kinds from the spec's metrics table.
 fn spec_metrics() -> Vec<(String, String)> {
     let spec = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/specs/instrumentation.md"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/specs/instrumentation.md"),
     )
     .unwrap();
-    let section = spec.split("## Metrics").nth(1).unwrap().split("\n## ").next().unwrap();
+    let section = spec
+        .split("## Metrics")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
     section
         .lines()
         .filter(|l| l.starts_with("| `"))
@@ -29,7 +36,10 @@ fn spec_metrics() -> Vec<(String, String)> {
 /// The sample names a family of this kind exposes in the text format.
 fn sample_names(name: &str, kind: &str) -> Vec<String> {
     match kind {
-        "histogram" => ["_bucket", "_sum", "_count"].iter().map(|s| format!("{name}{s}")).collect(),
+        "histogram" => ["_bucket", "_sum", "_count"]
+            .iter()
+            .map(|s| format!("{name}{s}"))
+            .collect(),
         _ => vec![name.to_string()],
     }
 }
@@ -43,17 +53,43 @@ async fn the_exposition_matches_the_spec_after_traffic() {
     // the contract, so give it the series a configured exporter would have.
     server.metrics.spans_exported.get(&["success"]);
     // Success, validation, not_found, a load failure, a non-inference route.
-    assert_eq!(server.post_json("/v2/models/scale/infer", &scale_request([1.0; 4])).await.status(), 200);
-    let bad = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
-    assert_eq!(server.post_json("/v2/models/scale/infer", &bad).await.status(), 400);
-    assert_eq!(server.post_json("/v2/models/nope/infer", &bad).await.status(), 404);
+    assert_eq!(
+        server
+            .post_json("/v2/models/scale/infer", &scale_request([1.0; 4]))
+            .await
+            .status(),
+        200
+    );
+    let bad =
+        json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    assert_eq!(
+        server
+            .post_json("/v2/models/scale/infer", &bad)
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        server
+            .post_json("/v2/models/nope/infer", &bad)
+            .await
+            .status(),
+        404
+    );
     std::fs::create_dir_all(server.root.path().join("scale/2")).unwrap();
-    std::fs::copy(common::fixtures().join("corrupt.onnx"), server.root.path().join("scale/2/model.onnx")).unwrap();
+    std::fs::copy(
+        common::fixtures().join("corrupt.onnx"),
+        server.root.path().join("scale/2/model.onnx"),
+    )
+    .unwrap();
     server.manager.reconcile().await.unwrap();
     assert_eq!(server.get("/v2/models/scale").await.status(), 200);
 
     let text = server.get("/metrics").await;
-    assert_eq!(text.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(
+        text.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     let text = text.text().await.unwrap();
     let exposed: BTreeSet<String> = text
         .lines()
@@ -65,7 +101,10 @@ async fn the_exposition_matches_the_spec_after_traffic() {
     let mut expected = BTreeSet::new();
     for (name, kind) in &spec {
         for sample in sample_names(name, kind) {
-            assert!(exposed.contains(&sample), "spec metric {sample} is not exposed:\n{text}");
+            assert!(
+                exposed.contains(&sample),
+                "spec metric {sample} is not exposed:\n{text}"
+            );
             expected.insert(sample);
         }
     }
@@ -73,15 +112,27 @@ async fn the_exposition_matches_the_spec_after_traffic() {
     assert!(extra.is_empty(), "exposed but not in the spec: {extra:?}");
 
     // Per-version series carry what happened.
-    assert!(text.contains(r#"sluice_requests_total{model="scale",version="1",protocol="http",outcome="success"} 1"#));
-    assert!(text.contains(r#"sluice_requests_total{model="scale",version="1",protocol="http",outcome="validation"} 1"#));
-    assert!(text.contains(r#"sluice_requests_total{model="",version="",protocol="http",outcome="not_found"} 1"#));
-    assert!(text.contains(r#"sluice_model_loads_total{model="scale",outcome="failure"} 1"#), "{text}");
+    assert!(text.contains(
+        r#"sluice_requests_total{model="scale",version="1",protocol="http",outcome="success"} 1"#
+    ));
+    assert!(text.contains(
+        r#"sluice_requests_total{model="scale",version="1",protocol="http",outcome="validation"} 1"#
+    ));
+    assert!(text.contains(
+        r#"sluice_requests_total{model="",version="",protocol="http",outcome="not_found"} 1"#
+    ));
+    assert!(
+        text.contains(r#"sluice_model_loads_total{model="scale",outcome="failure"} 1"#),
+        "{text}"
+    );
     assert!(text.contains(r#"sluice_model_versions_loaded{model="scale"} 1"#));
     assert!(text.contains(r#"sluice_queue_duration_seconds_count{model="scale",version="1"} 1"#));
     assert!(text.contains(r#"http_route="/v2/models/{model}/infer""#));
     // The route template, never the raw path.
-    assert!(!text.contains("/v2/models/scale/infer"), "a raw path leaked into a label");
+    assert!(
+        !text.contains("/v2/models/scale/infer"),
+        "a raw path leaked into a label"
+    );
 
     let om = server
         .client

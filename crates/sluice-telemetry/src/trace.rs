@@ -27,7 +27,6 @@ use tracing::Level;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::metrics::Metrics;
 
@@ -214,6 +213,24 @@ pub fn init(
     config: &TraceConfig,
     metrics: Arc<Metrics>,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    let (dispatch, guard) = build(log_format, log_filter, config, metrics, std::io::stderr)?;
+    let _ = tracing::dispatcher::set_global_default(dispatch);
+    Ok(guard)
+}
+
+/// Builds the subscriber without installing it (benchmarks and tests run
+/// one server with it and one without, in one process), writing logs to
+/// `writer`. Also sets the W3C trace-context propagator.
+pub fn build<W>(
+    log_format: LogFormat,
+    log_filter: &str,
+    config: &TraceConfig,
+    metrics: Arc<Metrics>,
+    writer: W,
+) -> Result<(tracing::Dispatch, TelemetryGuard), TelemetryError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     if !(0.0..=1.0).contains(&config.sample_ratio) {
         return Err(TelemetryError::Ratio(config.sample_ratio));
     }
@@ -252,18 +269,18 @@ pub fn init(
         .with_tracer(tracer)
         .with_filter(Targets::new().with_target(SPAN_TARGET, Level::TRACE));
     let registry = tracing_subscriber::registry().with(otel);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let _ = match log_format {
-        LogFormat::Json => registry
-            .with(
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let dispatch = match log_format {
+        LogFormat::Json => tracing::Dispatch::new(
+            registry.with(
                 fmt.json()
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
                     .with_filter(filter),
-            )
-            .try_init(),
-        LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
+            ),
+        ),
+        LogFormat::Text => tracing::Dispatch::new(registry.with(fmt.with_filter(filter))),
     };
-    Ok(TelemetryGuard { provider })
+    Ok((dispatch, TelemetryGuard { provider }))
 }
