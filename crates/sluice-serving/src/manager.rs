@@ -321,11 +321,13 @@ impl Reconciler {
                 .is_some_and(|e| e.versions.contains_key(v))
         });
         self.initialised = true;
-        self.snapshot.store(Arc::new(Snapshot {
+        let next = Arc::new(Snapshot {
             models,
             index,
             initialised: true,
-        }));
+        });
+        let previous = self.snapshot.swap(next.clone());
+        log_swaps(&previous, &next);
         self.report_drained();
     }
 
@@ -604,6 +606,27 @@ impl Reconciler {
             }
             alive
         });
+    }
+}
+
+/// Logs each model whose default version (the one requests without a
+/// version go to) changed with this snapshot: the swap itself.
+fn log_swaps(previous: &Snapshot, next: &Snapshot) {
+    let default = |s: &Snapshot, name: &str| {
+        s.model(name)
+            .and_then(|m| m.default_version())
+            .map(|e| e.version())
+    };
+    for name in next.models.keys() {
+        let (from, to) = (default(previous, name), default(next, name));
+        if from != to {
+            tracing::info!(
+                model = %name,
+                from = from.map(|v| v.to_string()).unwrap_or_default(),
+                to = to.map(|v| v.to_string()).unwrap_or_default(),
+                "default version swapped"
+            );
+        }
     }
 }
 
