@@ -241,18 +241,28 @@ impl RunError {
     }
 }
 
+/// Which model version a session belongs to, for span attributes.
+#[derive(Clone, Copy)]
+struct Ident<'a> {
+    model: &'a str,
+    version: u64,
+}
+
 /// Runs one inference on a session. Never panics: ONNX Runtime errors and
 /// panics inside `ort` both come back as errors.
 fn run_session(
     session: &mut Session,
+    ident: Ident<'_>,
     inputs: &[(String, Tensor)],
     outputs: &[String],
 ) -> Result<(InferOutput, [Duration; 3]), RunError> {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
+        // Span attributes are i64: OpenTelemetry has no unsigned integers.
+        let (model, version) = (ident.model, ident.version as i64);
         let phase = |name: &'static str| match name {
-            "input" => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_input"),
-            "infer" => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_infer"),
-            _ => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_output"),
+            "input" => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_input", "sluice.model" = model, "sluice.model_version" = version),
+            "infer" => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_infer", "sluice.model" = model, "sluice.model_version" = version),
+            _ => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_output", "sluice.model" = model, "sluice.model_version" = version),
         };
         let span = phase("input").entered();
         let t0 = Instant::now();
@@ -348,11 +358,16 @@ impl Worker {
                 target: SPAN_TARGET,
                 "sluice.inference",
                 "sluice.model" = %self.model,
-                "sluice.model_version" = self.version,
-                "sluice.batch_size" = batch,
+                "sluice.model_version" = self.version as i64,
+                "sluice.batch_size" = batch as i64,
             );
-            let result =
-                inference.in_scope(|| run_session(&mut self.session, &job.inputs, &job.outputs));
+            let result = inference.in_scope(|| {
+                let ident = Ident {
+                    model: &self.model,
+                    version: self.version,
+                };
+                run_session(&mut self.session, ident, &job.inputs, &job.outputs)
+            });
             drop(inference);
             let total = job.enqueued.elapsed();
             let reply = match result {
@@ -412,9 +427,12 @@ impl ModelExecutor {
             if options.warmup {
                 let inputs = warmup_inputs(&sig);
                 let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
-                run_session(&mut session, &inputs, &outputs).map_err(|e| LoadError::Warmup {
-                    path: path.to_path_buf(),
-                    message: e.message(),
+                let ident = Ident { model, version };
+                run_session(&mut session, ident, &inputs, &outputs).map_err(|e| {
+                    LoadError::Warmup {
+                        path: path.to_path_buf(),
+                        message: e.message(),
+                    }
                 })?;
             }
             signature = Some(sig);
@@ -524,7 +542,7 @@ impl ModelExecutor {
                 target: SPAN_TARGET,
                 "sluice.queue",
                 "sluice.model" = %self.model,
-                "sluice.model_version" = self.version,
+                "sluice.model_version" = self.version as i64,
             ),
             reply,
         };

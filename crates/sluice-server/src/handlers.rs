@@ -301,10 +301,13 @@ async fn repository_unload(
 async fn infer(
     State(state): State<AppState>,
     Path(p): Path<ModelPath>,
+    arrival: Option<axum::Extension<telemetry::Arrival>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = std::time::Instant::now();
+    let started = arrival
+        .map(|a| a.0.0)
+        .unwrap_or_else(std::time::Instant::now);
     let (executor, result) =
         infer_inner(&state, &p.model, p.version.as_deref(), headers, body).await;
     let outcome = match &result {
@@ -504,8 +507,8 @@ async fn run_inference(
             target: SPAN_TARGET,
             "sluice.decode",
             "sluice.model" = executor.model(),
-            "sluice.model_version" = executor.version(),
-            "sluice.request_bytes" = body.len(),
+            "sluice.model_version" = executor.version() as i64,
+            "sluice.request_bytes" = body.len() as i64,
         )
         .entered();
         sluice_oip::decode_infer_request(body, header_length).map_err(|e| failed(e.into()))?
@@ -523,7 +526,7 @@ async fn run_inference(
         target: SPAN_TARGET,
         "sluice.encode",
         "sluice.model" = executor.model(),
-        "sluice.model_version" = executor.version(),
+        "sluice.model_version" = executor.version() as i64,
         "sluice.response_bytes" = tracing::field::Empty,
     )
     .entered();
@@ -544,7 +547,7 @@ async fn run_inference(
         parameters: None,
         outputs,
     });
-    encode_span.record("sluice.response_bytes", encoded.body.len());
+    encode_span.record("sluice.response_bytes", encoded.body.len() as i64);
     drop(encode_span);
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();

@@ -83,7 +83,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let grace = options.shutdown_grace;
-    serve(listener, router(manager, options), grace, shutdown).await
+    serve("http", listener, router(manager, options), grace, shutdown).await
 }
 
 /// Serves `/metrics` alone on `listener` (the `--metrics-addr` port), until
@@ -94,6 +94,7 @@ pub async fn run_metrics(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     serve(
+        "metrics",
         listener,
         telemetry::metrics_router(metrics),
         Duration::from_secs(1),
@@ -105,6 +106,7 @@ pub async fn run_metrics(
 /// The accept loop: hyper-util's auto builder (HTTP/1.1 and h2c) per
 /// connection, graceful shutdown.
 async fn serve(
+    name: &'static str,
     listener: TcpListener,
     app: axum::Router,
     grace: Duration,
@@ -136,7 +138,10 @@ async fn serve(
             }
         });
     }
-    tracing::info!("shutting down: draining in-flight requests");
+    tracing::info!(
+        listener = name,
+        "shutting down: draining in-flight requests"
+    );
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => {

@@ -30,6 +30,11 @@ pub struct InferRecord {
     pub outcome: Outcome,
 }
 
+/// When the request arrived (before routing and the body), so handlers can
+/// time the request as the client sees it. A request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -63,8 +68,9 @@ fn protocol_version(v: axum::http::Version) -> &'static str {
 }
 
 /// Middleware around every route: server span, HTTP metric, log line.
-pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
+    request.extensions_mut().insert(Arrival(started));
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("");
@@ -108,11 +114,12 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
     let status = response.status();
     let elapsed = started.elapsed();
     let record = response.extensions().get::<InferRecord>().cloned();
-    span.record("http.response.status_code", status.as_u16());
+    // i64: OpenTelemetry attributes have no unsigned integers.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if let Some(r) = &record {
         span.record("sluice.model", r.model.as_str());
         if let Some(v) = r.version {
-            span.record("sluice.model_version", v);
+            span.record("sluice.model_version", v as i64);
         }
     }
     if status.is_client_error() || status.is_server_error() {
