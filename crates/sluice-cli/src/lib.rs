@@ -192,6 +192,11 @@ pub async fn serve(
     };
     let mut http = settings.http.clone();
     http.metrics = Some(metrics);
+    http.trace_sample_ratio = settings
+        .trace
+        .endpoint
+        .is_some()
+        .then_some(settings.trace.sample_ratio);
     let mut stopped = stop.subscribe();
     let main = sluice_server::run(listener, manager, http, async move {
         let _ = stopped.recv().await;

@@ -27,7 +27,6 @@ use crate::library::OrtRuntime;
 use crate::signature::Signature;
 use crate::stats::VersionStats;
 use sluice_telemetry::VersionMetrics;
-use sluice_telemetry::trace::SPAN_TARGET;
 
 /// ONNX Runtime's graph optimisation levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -260,9 +259,21 @@ fn run_session(
         // Span attributes are i64: OpenTelemetry has no unsigned integers.
         let (model, version) = (ident.model, ident.version as i64);
         let phase = |name: &'static str| match name {
-            "input" => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_input", "sluice.model" = model, "sluice.model_version" = version),
-            "infer" => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_infer", "sluice.model" = model, "sluice.model_version" = version),
-            _ => tracing::trace_span!(target: SPAN_TARGET, "sluice.compute_output", "sluice.model" = model, "sluice.model_version" = version),
+            "input" => sluice_telemetry::child_span!(
+                "sluice.compute_input",
+                "sluice.model" = model,
+                "sluice.model_version" = version
+            ),
+            "infer" => sluice_telemetry::child_span!(
+                "sluice.compute_infer",
+                "sluice.model" = model,
+                "sluice.model_version" = version
+            ),
+            _ => sluice_telemetry::child_span!(
+                "sluice.compute_output",
+                "sluice.model" = model,
+                "sluice.model_version" = version
+            ),
         };
         let span = phase("input").entered();
         let t0 = Instant::now();
@@ -354,9 +365,7 @@ impl Worker {
                 .copied()
                 .unwrap_or(1)
                 .max(1) as u64;
-            let inference = tracing::trace_span!(
-                target: SPAN_TARGET,
-                "sluice.inference",
+            let inference = sluice_telemetry::child_span!("sluice.inference",
                 "sluice.model" = %self.model,
                 "sluice.model_version" = self.version as i64,
                 "sluice.batch_size" = batch as i64,
@@ -538,9 +547,7 @@ impl ModelExecutor {
             outputs,
             enqueued: started,
             span: tracing::Span::current(),
-            queue_span: tracing::trace_span!(
-                target: SPAN_TARGET,
-                "sluice.queue",
+            queue_span: sluice_telemetry::child_span!("sluice.queue",
                 "sluice.model" = %self.model,
                 "sluice.model_version" = self.version as i64,
             ),

@@ -18,7 +18,6 @@ use sluice_oip::{InferResponse, ResponseOutput};
 use sluice_runtime::ModelExecutor;
 use sluice_serving::{ModelSnapshot, Snapshot, VersionState};
 use sluice_telemetry::Outcome;
-use sluice_telemetry::trace::SPAN_TARGET;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -503,8 +502,7 @@ async fn run_inference(
         ),
     };
     let mut request = {
-        let _span = tracing::trace_span!(
-            target: SPAN_TARGET,
+        let _span = sluice_telemetry::child_span!(
             "sluice.decode",
             "sluice.model" = executor.model(),
             "sluice.model_version" = executor.version() as i64,
@@ -522,8 +520,7 @@ async fn run_inference(
         .map(|named| (named.name, named.tensor))
         .collect();
     let result = executor.infer(inputs, names).await?;
-    let encode_span = tracing::trace_span!(
-        target: SPAN_TARGET,
+    let encode_span = sluice_telemetry::child_span!(
         "sluice.encode",
         "sluice.model" = executor.model(),
         "sluice.model_version" = executor.version() as i64,

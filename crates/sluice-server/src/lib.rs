@@ -46,6 +46,10 @@ pub struct HttpOptions {
     /// Where request metrics go, and what `/metrics` shows; `None` turns
     /// metrics off (and `/metrics` answers 404).
     pub metrics: Option<Arc<Metrics>>,
+    /// `Some(ratio)` when spans are exported: the share of requests without
+    /// a caller's decision that are traced. `None`: no request is traced
+    /// (requests still get trace ids for their logs and responses).
+    pub trace_sample_ratio: Option<f64>,
 }
 
 impl Default for HttpOptions {
@@ -54,6 +58,7 @@ impl Default for HttpOptions {
             max_body_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             metrics: None,
+            trace_sample_ratio: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt;
-use sluice_telemetry::trace::SPAN_TARGET;
+use sluice_telemetry::trace::{self, SPAN_TARGET};
 use sluice_telemetry::{Format, Metrics, Outcome};
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -34,6 +34,27 @@ pub struct InferRecord {
 /// time the request as the client sees it. A request extension.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(pub Instant);
+
+/// The attributes known once the response is ready.
+fn record_span(span: &tracing::Span, status: axum::http::StatusCode, record: Option<&InferRecord>) {
+    // i64: OpenTelemetry attributes have no unsigned integers.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if let Some(r) = record {
+        span.record("sluice.model", r.model.as_str());
+        if let Some(v) = r.version {
+            span.record("sluice.model_version", v as i64);
+        }
+    }
+    if status.is_client_error() || status.is_server_error() {
+        let error_type = record
+            .map(|r| r.outcome.as_str())
+            .unwrap_or(status.as_str());
+        span.record("error.type", error_type);
+    }
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
@@ -68,6 +89,12 @@ fn protocol_version(v: axum::http::Version) -> &'static str {
 }
 
 /// Middleware around every route: server span, HTTP metric, log line.
+///
+/// Whether the request is traced is decided here, first, from the caller's
+/// `traceparent` or a draw against the sample ratio. Only a traced request
+/// gets spans (the server span and, through `child_span!`, its children);
+/// every request gets a trace id and a span id for its log line and the
+/// `traceparent` it returns, at the cost of a random number.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     request.extensions_mut().insert(Arrival(started));
@@ -81,70 +108,83 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    // Semantic-convention span name: the route template, never the raw path.
-    let name = if route.is_empty() {
-        method.to_string()
-    } else {
-        format!("{method} {route}")
-    };
-    let span = tracing::trace_span!(
-        target: SPAN_TARGET,
-        "http.server",
-        otel.name = %name,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        "http.request.method" = %method,
-        "http.route" = route,
-        "url.path" = request.uri().path(),
-        "url.scheme" = "http",
-        "network.protocol.version" = version,
-        "http.response.status_code" = Empty,
-        "sluice.request_id" = %request_id,
-        "sluice.model" = Empty,
-        "sluice.model_version" = Empty,
-        "error.type" = Empty,
-    );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(request.headers()))
-    });
-    let _ = span.set_parent(parent);
+    let parent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace::parse_traceparent);
+    let traced = state
+        .options
+        .trace_sample_ratio
+        .is_some_and(|ratio| trace::sample(parent.as_ref(), ratio));
 
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let (mut response, span) = if traced {
+        // Semantic-convention span name: the route template, never the raw path.
+        let name = if route.is_empty() {
+            method.to_string()
+        } else {
+            format!("{method} {route}")
+        };
+        let span = tracing::trace_span!(
+            target: SPAN_TARGET,
+            "http.server",
+            otel.name = %name,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            "http.request.method" = %method,
+            "http.route" = route,
+            "url.path" = request.uri().path(),
+            "url.scheme" = "http",
+            "network.protocol.version" = version,
+            "http.response.status_code" = Empty,
+            "sluice.request_id" = %request_id,
+            "sluice.model" = Empty,
+            "sluice.model_version" = Empty,
+            "error.type" = Empty,
+        );
+        let cx = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(cx);
+        (next.run(request).instrument(span.clone()).await, Some(span))
+    } else {
+        (next.run(request).await, None)
+    };
 
     let status = response.status();
     let elapsed = started.elapsed();
     let record = response.extensions().get::<InferRecord>().cloned();
-    // i64: OpenTelemetry attributes have no unsigned integers.
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    if let Some(r) = &record {
-        span.record("sluice.model", r.model.as_str());
-        if let Some(v) = r.version {
-            span.record("sluice.model_version", v as i64);
+    // The ids of this request's server span: the real one when traced, else
+    // made up here, continuing the caller's trace id when it sent one.
+    let (trace_id, span_id, flags) = match &span {
+        Some(span) => {
+            record_span(span, status, record.as_ref());
+            let cx = span.context();
+            let otel_span = cx.span();
+            let sc = otel_span.span_context();
+            let flags = if sc.is_sampled() { "01" } else { "00" };
+            (sc.trace_id().to_string(), sc.span_id().to_string(), flags)
         }
-    }
-    if status.is_client_error() || status.is_server_error() {
-        let error_type = record
-            .as_ref()
-            .map(|r| r.outcome.as_str())
-            .unwrap_or(status.as_str());
-        span.record("error.type", error_type);
-    }
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
-    let cx = span.context();
-    let otel_span = cx.span();
-    let sc = otel_span.span_context();
-    let (trace_id, span_id) = if sc.is_valid() {
-        let flags = if sc.is_sampled() { "01" } else { "00" };
-        let traceparent = format!("00-{}-{}-{flags}", sc.trace_id(), sc.span_id());
-        if let Ok(v) = HeaderValue::from_str(&traceparent) {
-            response.headers_mut().insert("traceparent", v);
+        None => {
+            let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(|| {
+                (u128::from(trace::random_u64()) << 64) | u128::from(trace::random_u64() | 1)
+            });
+            // Not recorded here; a caller's sampled flag is passed on as is.
+            let flags = if parent.is_some_and(|p| p.sampled) {
+                "01"
+            } else {
+                "00"
+            };
+            (
+                format!("{trace_id:032x}"),
+                format!("{:016x}", trace::random_u64() | 1),
+                flags,
+            )
         }
-        (sc.trace_id().to_string(), sc.span_id().to_string())
-    } else {
-        (String::new(), String::new())
     };
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-{flags}")) {
+        response.headers_mut().insert("traceparent", v);
+    }
 
     if let Some(metrics) = &state.options.metrics {
         metrics

@@ -241,10 +241,10 @@ where
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(config.service_name.clone())
         .build();
+    // Sampling is decided per request before any span is made (see
+    // [`sample`]); a span that exists is one that was chosen.
     let mut builder = SdkTracerProvider::builder()
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            config.sample_ratio,
-        ))))
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource);
     if let Some(endpoint) = &config.endpoint {
         // Pre-create both series so dashboards see zeros, not gaps.
@@ -265,9 +265,13 @@ where
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let tracer = provider.tracer("sluice");
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(Targets::new().with_target(SPAN_TARGET, Level::TRACE));
+    // Without an exporter there is no OpenTelemetry layer at all: spans would
+    // go nowhere, and requests still get trace ids (see `sluice-server`).
+    let otel = config.endpoint.is_some().then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(Targets::new().with_target(SPAN_TARGET, Level::TRACE))
+    });
     let registry = tracing_subscriber::registry().with(otel);
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let dispatch = match log_format {
@@ -283,4 +287,140 @@ where
         LogFormat::Text => tracing::Dispatch::new(registry.with(fmt.with_filter(filter))),
     };
     Ok((dispatch, TelemetryGuard { provider }))
+}
+
+/// A span of target [`SPAN_TARGET`] that is a child of the current span, or
+/// `Span::none()` when there is no current span (the request is not traced):
+/// untraced requests pay for no span at all.
+#[macro_export]
+macro_rules! child_span {
+    ($($arg:tt)*) => {
+        if ::tracing::Span::current().is_none() {
+            ::tracing::Span::none()
+        } else {
+            ::tracing::trace_span!(target: $crate::trace::SPAN_TARGET, $($arg)*)
+        }
+    };
+}
+
+/// The caller's W3C trace context, parsed from `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteParent {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub sampled: bool,
+}
+
+/// Parses a version-00 `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`);
+/// `None` for anything malformed or all-zero ids, as the W3C spec says.
+pub fn parse_traceparent(value: &str) -> Option<RemoteParent> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2
+        || version == "ff"
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+    {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !(hex(version) && hex(trace) && hex(span) && hex(flags)) {
+        return None;
+    }
+    let trace_id = u128::from_str_radix(trace, 16).ok()?;
+    let span_id = u64::from_str_radix(span, 16).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    (trace_id != 0 && span_id != 0).then_some(RemoteParent {
+        trace_id,
+        span_id,
+        sampled: flags & 1 == 1,
+    })
+}
+
+/// A fast, non-cryptographic random `u64` (xorshift64*, per thread), for
+/// trace and span ids of requests that are not traced and for sampling.
+pub fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            let local = 0u8;
+            (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// Whether a request whose caller sent `parent` is traced: the caller's
+/// decision when there is one, else a draw against `ratio`
+/// (parent-based ratio sampling, decided before any span exists).
+pub fn sample(parent: Option<&RemoteParent>, ratio: f64) -> bool {
+    match parent {
+        Some(p) => p.sampled,
+        None => ratio >= 1.0 || ((random_u64() >> 11) as f64 / (1u64 << 53) as f64) < ratio,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parsing() {
+        let p =
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        assert_eq!(p.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(p.span_id, 0xb7ad6b7169203331);
+        assert!(p.sampled);
+        assert!(
+            !parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+                .unwrap()
+                .sampled
+        );
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+        // A future version may carry more fields.
+        assert!(
+            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn sampling_follows_the_parent_then_the_ratio() {
+        let parent =
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").unwrap();
+        assert!(!sample(Some(&parent), 1.0));
+        assert!(sample(None, 1.0));
+        assert!(!sample(None, 0.0));
+        let hits = (0..10_000).filter(|_| sample(None, 0.25)).count();
+        assert!((2000..3000).contains(&hits), "{hits}");
+    }
 }
