@@ -106,36 +106,35 @@ impl ModelManager {
         &self.root
     }
 
-    /// Rescans the repository now and waits until the snapshot reflects it.
-    pub async fn reconcile(&self) -> Result<(), ServingError> {
+    /// Sends a command to the reconcile task and waits for its answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ServingError> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Reconcile(tx))
+            .send(command(tx))
             .await
             .map_err(|_| ServingError::Stopped)?;
         rx.await.map_err(|_| ServingError::Stopped)
     }
 
+    /// Rescans the repository now and waits until the snapshot reflects it.
+    pub async fn reconcile(&self) -> Result<(), ServingError> {
+        self.ask(Command::Reconcile).await
+    }
+
     /// Triton's repository `load`: serve `model` again if it was unloaded,
     /// rescan it now, and report whether a version is ready.
     pub async fn load(&self, model: &str) -> Result<(), ServingError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Load(model.to_string(), tx))
-            .await
-            .map_err(|_| ServingError::Stopped)?;
-        rx.await.map_err(|_| ServingError::Stopped)?
+        self.ask(|tx| Command::Load(model.to_string(), tx)).await?
     }
 
     /// Triton's repository `unload`: stop routing to `model` (in-flight
     /// requests finish) until `load` is called for it.
     pub async fn unload(&self, model: &str) -> Result<(), ServingError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Unload(model.to_string(), tx))
-            .await
-            .map_err(|_| ServingError::Stopped)?;
-        rx.await.map_err(|_| ServingError::Stopped)?
+        self.ask(|tx| Command::Unload(model.to_string(), tx))
+            .await?
     }
 }
 
