@@ -12,6 +12,8 @@ step "Python test environment (.venv)"
 scripts/setup-venv.sh
 step "Prometheus and promtool (if missing)"
 scripts/setup-prometheus.sh
+step "Triton's perf_analyzer (if missing)"
+scripts/setup-perf-analyzer.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
