@@ -88,6 +88,24 @@ fn protocol_version(v: axum::http::Version) -> &'static str {
     }
 }
 
+/// The method as a bounded label: the standard ones, else `_OTHER` (the
+/// OpenTelemetry convention), so invented methods cannot grow the series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
 /// Middleware around every route: server span, HTTP metric, log line.
 ///
 /// Whether the request is traced is decided here, first, from the caller's
@@ -98,7 +116,7 @@ fn protocol_version(v: axum::http::Version) -> &'static str {
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     request.extensions_mut().insert(Arrival(started));
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("");
     let version = protocol_version(request.version());
@@ -189,14 +207,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     if let Some(metrics) = &state.options.metrics {
         metrics
             .http_duration
-            .get(&[
-                method.as_str(),
-                route,
-                status.as_str(),
-                "http",
-                "http",
-                version,
-            ])
+            .get(&[method, route, status.as_str(), "http", "http", version])
             .observe(elapsed.as_secs_f64());
     }
 

@@ -142,6 +142,8 @@ impl SpanExporter for CountingExporter {
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    /// Flushes the log writer's queue when dropped.
+    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl TelemetryGuard {
@@ -149,6 +151,7 @@ impl TelemetryGuard {
         if let Err(e) = self.provider.shutdown() {
             eprintln!("flushing traces at shutdown failed: {e}");
         }
+        drop(self.log_writer);
     }
 }
 
@@ -213,7 +216,15 @@ pub fn init(
     config: &TraceConfig,
     metrics: Arc<Metrics>,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    let (dispatch, guard) = build(log_format, log_filter, config, metrics, std::io::stderr)?;
+    // Log lines are written by a thread of their own: a request never waits
+    // on stderr (a full pipe, a slow terminal). If that thread falls behind
+    // by more than its buffer, lines are dropped rather than blocking.
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(64 * 1024)
+        .finish(std::io::stderr());
+    let (dispatch, mut guard) = build(log_format, log_filter, config, metrics, writer)?;
+    guard.log_writer = Some(log_writer);
     let _ = tracing::dispatcher::set_global_default(dispatch);
     Ok(guard)
 }
@@ -286,7 +297,13 @@ where
         ),
         LogFormat::Text => tracing::Dispatch::new(registry.with(fmt.with_filter(filter))),
     };
-    Ok((dispatch, TelemetryGuard { provider }))
+    Ok((
+        dispatch,
+        TelemetryGuard {
+            provider,
+            log_writer: None,
+        },
+    ))
 }
 
 /// A span of target [`SPAN_TARGET`] that is a child of the current span, or
