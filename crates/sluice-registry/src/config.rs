@@ -14,7 +14,7 @@
 //! allow_signature_change = false
 //! max_queue_size = 128          # waiting requests per version before 429 (>= 1)
 //! queue_timeout_ms = 10000      # waiting longer than this gets 504 (>= 1)
-//! max_batch_size = 0            # reported in the Triton model config
+//! max_batch_size = 0            # rows per execution when batching; reported in the Triton model config
 //! warmup = true                 # one synthetic inference before taking traffic
 //! ```
 
@@ -75,6 +75,31 @@ pub struct ModelConfig {
     /// so the first real request does not pay for lazy initialisation.
     /// Default true.
     pub warmup: bool,
+    /// Triton-style dynamic batching: requests queued for a version are
+    /// joined along their first dimension (up to `max_batch_size` rows) and
+    /// run once. Off when absent. Needs `max_batch_size >= 1`.
+    pub dynamic_batching: Option<DynamicBatching>,
+}
+
+/// `[dynamic_batching]` in `model.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamicBatching {
+    /// How long the first request of a batch may wait for more, in
+    /// microseconds. Default 100.
+    pub max_queue_delay_us: u64,
+    /// Batch sizes (rows) at which a batch is dispatched at once, without
+    /// waiting out the delay. Each `1..=max_batch_size`. Default none.
+    pub preferred_batch_sizes: Vec<usize>,
+}
+
+impl Default for DynamicBatching {
+    fn default() -> Self {
+        DynamicBatching {
+            max_queue_delay_us: 100,
+            preferred_batch_sizes: Vec::new(),
+        }
+    }
 }
 
 impl Default for ModelConfig {
@@ -91,6 +116,7 @@ impl Default for ModelConfig {
             queue_timeout_ms: 10_000,
             max_batch_size: 0,
             warmup: true,
+            dynamic_batching: None,
         }
     }
 }
@@ -142,6 +168,27 @@ impl ModelConfig {
     /// Checks the ranges serde cannot express. The error says which key is
     /// wrong, what it was and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(b) = &self.dynamic_batching {
+            if self.max_batch_size == 0 {
+                return Err("[dynamic_batching] needs max_batch_size >= 1 (the most rows one execution may take)".into());
+            }
+            if let Some(bad) = b
+                .preferred_batch_sizes
+                .iter()
+                .find(|&&p| p == 0 || p > self.max_batch_size as usize)
+            {
+                return Err(format!(
+                    "dynamic_batching.preferred_batch_sizes has {bad}: each must be between 1 and max_batch_size = {}",
+                    self.max_batch_size
+                ));
+            }
+            if b.max_queue_delay_us > 1_000_000 {
+                return Err(format!(
+                    "dynamic_batching.max_queue_delay_us = {} is over one second",
+                    b.max_queue_delay_us
+                ));
+            }
+        }
         if !(1..=MAX_INSTANCES).contains(&self.instances) {
             return Err(format!(
                 "instances = {} is out of range: must be between 1 and {MAX_INSTANCES}",

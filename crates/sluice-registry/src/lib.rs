@@ -59,7 +59,10 @@ mod publish;
 mod scan;
 mod watch;
 
-pub use config::{ExecutionProvider, GraphOptimization, MAX_INSTANCES, ModelConfig, VersionPolicy};
+pub use config::{
+    DynamicBatching, ExecutionProvider, GraphOptimization, MAX_INSTANCES, ModelConfig,
+    VersionPolicy,
+};
 pub use error::RegistryError;
 pub use manifest::{
     MANIFEST_SCHEMA, Manifest, Verification, format_rfc3339, parse_manifest, verify,

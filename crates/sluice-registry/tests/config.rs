@@ -5,7 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use sluice_registry::{
-    ExecutionProvider, GraphOptimization, ModelConfig, RegistryError, Repository, VersionPolicy,
+    DynamicBatching, ExecutionProvider, GraphOptimization, ModelConfig, RegistryError, Repository,
+    VersionPolicy,
 };
 
 fn parse(text: &str) -> Result<ModelConfig, RegistryError> {
@@ -68,6 +69,10 @@ fn every_field_is_read() {
         queue_timeout_ms = 250
         max_batch_size = 32
         warmup = false
+
+        [dynamic_batching]
+        max_queue_delay_us = 250
+        preferred_batch_sizes = [8, 16]
         "#,
     )
     .unwrap();
@@ -89,8 +94,28 @@ fn every_field_is_read() {
             queue_timeout_ms: 250,
             max_batch_size: 32,
             warmup: false,
+            dynamic_batching: Some(DynamicBatching {
+                max_queue_delay_us: 250,
+                preferred_batch_sizes: vec![8, 16],
+            }),
         }
     );
+}
+
+#[test]
+fn dynamic_batching_needs_a_max_batch_size_and_sane_sizes() {
+    let err = parse("[dynamic_batching]\n").unwrap_err().to_string();
+    assert!(err.contains("needs max_batch_size >= 1"), "{err}");
+    let err = parse("max_batch_size = 8\n[dynamic_batching]\npreferred_batch_sizes = [4, 16]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("preferred_batch_sizes has 16"), "{err}");
+    let err = parse("max_batch_size = 8\n[dynamic_batching]\nmax_delay_us = 5\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_delay_us"), "{err}");
+    let ok = parse("max_batch_size = 8\n[dynamic_batching]\n").unwrap();
+    assert_eq!(ok.dynamic_batching, Some(DynamicBatching::default()));
 }
 
 #[test]

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sluice_tensor::Tensor;
 use tokio::sync::oneshot;
 
+use crate::batch::{self, BatchingOptions};
 use crate::convert;
 use crate::error::{InferError, LoadError};
 use crate::library::OrtRuntime;
@@ -89,6 +90,9 @@ pub struct SessionOptions {
     pub queue_timeout: Duration,
     /// Run one synthetic inference per session before taking traffic.
     pub warmup: bool,
+    /// Dynamic batching; ignored (with a warning) for a model whose inputs
+    /// and outputs do not all have a dynamic first dimension.
+    pub batching: Option<BatchingOptions>,
 }
 
 impl Default for SessionOptions {
@@ -102,6 +106,7 @@ impl Default for SessionOptions {
             max_queue_size: 128,
             queue_timeout: Duration::from_secs(10),
             warmup: true,
+            batching: None,
         }
     }
 }
@@ -138,6 +143,8 @@ pub struct ModelExecutor {
     /// Prometheus handles of this version, resolved once at load; `None`
     /// when telemetry is off.
     metrics: Option<VersionMetrics>,
+    /// The dynamic batching in effect (`None` when off or not possible).
+    batching: Option<BatchingOptions>,
     /// Kept only so the threads are named in debuggers; never joined (the
     /// last drop may happen on an async thread, which must not block).
     _workers: Vec<JoinHandle<()>>,
@@ -332,83 +339,192 @@ struct Worker {
     stats: Arc<VersionStats>,
     metrics: Option<VersionMetrics>,
     queue: Receiver<Job>,
+    /// `Some` when the model batches (configured, and its signature allows).
+    batching: Option<BatchingOptions>,
+    /// A job taken from the queue that did not fit the batch being formed;
+    /// it starts the next one.
+    pending: Option<Job>,
+}
+
+/// The rows a job contributes to a batch (its first dimension), 1 for a job
+/// that cannot be batched.
+fn rows_of(job: &Job) -> usize {
+    job.inputs
+        .first()
+        .and_then(|(_, t)| t.shape().first())
+        .and_then(|&d| usize::try_from(d).ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 impl Worker {
     fn run(mut self) {
-        while let Ok(mut job) = self.queue.recv() {
-            // Dequeued: the queue span ends here.
-            drop(std::mem::replace(
-                &mut job.queue_span,
-                tracing::Span::none(),
-            ));
-            let _entered = job.span.enter();
-            if job.reply.is_closed() {
-                // The caller went away (client disconnected): skip the work.
-                continue;
-            }
-            let waited = job.enqueued.elapsed();
-            if waited > self.timeout {
-                self.stats.record_failure(waited);
-                let _ = job.reply.send(Err(InferError::QueueTimeout {
-                    model: self.model.clone(),
-                    version: self.version,
-                    waited_ms: waited.as_millis() as u64,
-                    timeout_ms: self.timeout.as_millis() as u64,
-                }));
-                continue;
-            }
-            let batch = job
-                .inputs
-                .first()
-                .and_then(|(_, t)| t.shape().first())
-                .copied()
-                .unwrap_or(1)
-                .max(1) as u64;
-            let inference = sluice_telemetry::child_span!("sluice.inference",
-                "sluice.model" = %self.model,
-                "sluice.model_version" = self.version as i64,
-                "sluice.batch_size" = batch as i64,
-            );
-            let result = inference.in_scope(|| {
-                let ident = Ident {
-                    model: &self.model,
-                    version: self.version,
-                };
-                run_session(&mut self.session, ident, &job.inputs, &job.outputs)
-            });
-            drop(inference);
-            let total = job.enqueued.elapsed();
-            let reply = match result {
-                Ok((output, [input, infer, out])) => {
-                    self.stats.record_phases(waited, input, infer, out);
-                    self.stats.record_success(total, batch);
-                    if let Some(m) = &self.metrics {
-                        m.queue_duration.observe(waited.as_secs_f64());
-                        m.compute_input.observe(input.as_secs_f64());
-                        m.compute_infer.observe(infer.as_secs_f64());
-                        m.compute_output.observe(out.as_secs_f64());
-                        m.batch_size.observe(batch as f64);
-                    }
-                    Ok(output)
-                }
-                Err(RunError::Input(message)) => {
-                    self.stats.record_failure(total);
-                    Err(InferError::Invalid(message))
-                }
-                Err(RunError::Runtime(message)) => {
-                    self.stats.record_failure(total);
-                    tracing::warn!(model = %self.model, version = self.version, error = %message, "inference failed");
-                    Err(InferError::Runtime {
-                        model: self.model.clone(),
-                        version: self.version,
-                        message,
-                    })
-                }
+        loop {
+            let job = match self.pending.take() {
+                Some(job) => job,
+                None => match self.queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
             };
-            let _ = job.reply.send(reply);
+            let Some(job) = self.admit(job) else { continue };
+            let batch = self.collect(job);
+            self.execute(batch);
         }
         tracing::debug!(model = %self.model, version = self.version, "worker stopped; session dropped");
+    }
+
+    /// Takes a job off the queue: ends its queue span, and answers it now if
+    /// its caller left or it waited past the timeout (only that request
+    /// fails, batched or not).
+    fn admit(&self, mut job: Job) -> Option<Job> {
+        drop(std::mem::replace(
+            &mut job.queue_span,
+            tracing::Span::none(),
+        ));
+        if job.reply.is_closed() {
+            // The caller went away (client disconnected): skip the work.
+            return None;
+        }
+        let waited = job.enqueued.elapsed();
+        if waited > self.timeout {
+            self.stats.record_failure(waited);
+            let _ = job.reply.send(Err(InferError::QueueTimeout {
+                model: self.model.clone(),
+                version: self.version,
+                waited_ms: waited.as_millis() as u64,
+                timeout_ms: self.timeout.as_millis() as u64,
+            }));
+            return None;
+        }
+        Some(job)
+    }
+
+    /// Forms a batch starting with `first`: while the batching window is open
+    /// and the batch is below its maximum (and not at a preferred size), it
+    /// takes queued requests that share `first`'s batch key. A request that
+    /// does not fit waits in `pending` for the next batch.
+    fn collect(&mut self, first: Job) -> Vec<Job> {
+        let Some(options) = self.batching.clone() else {
+            return vec![first];
+        };
+        let Some((key, mut rows)) = batch::batch_key(&first.inputs, &first.outputs) else {
+            return vec![first];
+        };
+        let mut batch = vec![first];
+        let deadline = Instant::now() + options.max_queue_delay;
+        while rows < options.max_batch_size && !options.preferred_batch_sizes.contains(&rows) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            let next = match self.queue.recv_timeout(left) {
+                Ok(job) => job,
+                Err(_) => break,
+            };
+            let Some(next) = self.admit(next) else {
+                continue;
+            };
+            match batch::batch_key(&next.inputs, &next.outputs) {
+                Some((k, r)) if k == key && rows + r <= options.max_batch_size => {
+                    rows += r;
+                    batch.push(next);
+                }
+                _ => {
+                    self.pending = Some(next);
+                    break;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Runs a batch (one request, or several joined along the first
+    /// dimension) and answers each request with its own rows. If a joined
+    /// run fails, each request is run alone, so only a faulty one fails.
+    fn execute(&mut self, batch: Vec<Job>) {
+        let ident = Ident {
+            model: &self.model,
+            version: self.version,
+        };
+        let rows: Vec<usize> = batch.iter().map(rows_of).collect();
+        let total_rows: usize = rows.iter().sum();
+        // A batched execution's spans belong to its first request's trace.
+        let _entered = batch[0].span.enter();
+        let inference = sluice_telemetry::child_span!("sluice.inference",
+            "sluice.model" = %self.model,
+            "sluice.model_version" = self.version as i64,
+            "sluice.batch_size" = total_rows as i64,
+            "sluice.batch_requests" = batch.len() as i64,
+        );
+        let result = inference.in_scope(|| {
+            if batch.len() == 1 {
+                return run_session(
+                    &mut self.session,
+                    ident,
+                    &batch[0].inputs,
+                    &batch[0].outputs,
+                )
+                .map(|(out, phases)| (vec![out.outputs], phases));
+            }
+            let parts: Vec<&[(String, Tensor)]> =
+                batch.iter().map(|j| j.inputs.as_slice()).collect();
+            let joined = batch::concat(&parts).map_err(RunError::Runtime)?;
+            let (out, phases) = run_session(&mut self.session, ident, &joined, &batch[0].outputs)?;
+            let mut per_job: Vec<Vec<(String, Tensor)>> = vec![Vec::new(); batch.len()];
+            for (name, tensor) in out.outputs {
+                let pieces = batch::split(&tensor, &rows).map_err(|e| {
+                    RunError::Runtime(format!("output '{name}' cannot be split per request: {e}"))
+                })?;
+                for (i, piece) in pieces.into_iter().enumerate() {
+                    per_job[i].push((name.clone(), piece));
+                }
+            }
+            Ok((per_job, phases))
+        });
+        drop(inference);
+        drop(_entered);
+        match result {
+            Ok((outputs, [input, infer, out])) => {
+                self.stats.record_execution(total_rows as u64);
+                if let Some(m) = &self.metrics {
+                    m.compute_input.observe(input.as_secs_f64());
+                    m.compute_infer.observe(infer.as_secs_f64());
+                    m.compute_output.observe(out.as_secs_f64());
+                    m.batch_size.observe(total_rows as f64);
+                }
+                for (job, outputs) in batch.into_iter().zip(outputs) {
+                    let total = job.enqueued.elapsed();
+                    let waited = total.saturating_sub(input + infer + out);
+                    self.stats.record_phases(waited, input, infer, out);
+                    self.stats.record_success(total);
+                    if let Some(m) = &self.metrics {
+                        m.queue_duration.observe(waited.as_secs_f64());
+                    }
+                    let _ = job.reply.send(Ok(InferOutput { outputs }));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                for job in batch {
+                    self.execute(vec![job]);
+                }
+            }
+            Err(e) => {
+                let job = batch.into_iter().next().expect("a batch has a job");
+                self.stats.record_failure(job.enqueued.elapsed());
+                let reply = match e {
+                    RunError::Input(message) => InferError::Invalid(message),
+                    RunError::Runtime(message) => {
+                        tracing::warn!(model = %self.model, version = self.version, error = %message, "inference failed");
+                        InferError::Runtime {
+                            model: self.model.clone(),
+                            version: self.version,
+                            message,
+                        }
+                    }
+                };
+                let _ = job.reply.send(Err(reply));
+            }
+        }
     }
 }
 
@@ -448,6 +564,18 @@ impl ModelExecutor {
             sessions.push(session);
         }
         let signature = signature.expect("at least one instance");
+        let batching = match &options.batching {
+            Some(b) if batch::batchable(&signature) => Some(b.clone()),
+            Some(_) => {
+                tracing::warn!(
+                    model,
+                    version,
+                    "dynamic_batching ignored: not every input and output has a dynamic first dimension"
+                );
+                None
+            }
+            None => None,
+        };
         let (tx, rx) = crossbeam_channel::bounded(options.max_queue_size.max(1));
         let stats = Arc::new(VersionStats::default());
         let mut workers = Vec::with_capacity(instances);
@@ -460,6 +588,8 @@ impl ModelExecutor {
                 stats: stats.clone(),
                 metrics: metrics.clone(),
                 queue: rx.clone(),
+                batching: batching.clone(),
+                pending: None,
             };
             // Workers log and trace through the subscriber that was current
             // when the version loaded (the global one, in the server).
@@ -479,6 +609,7 @@ impl ModelExecutor {
             queue: tx,
             stats,
             metrics,
+            batching,
             _workers: workers,
         })
     }
@@ -505,6 +636,12 @@ impl ModelExecutor {
 
     pub fn stats(&self) -> &VersionStats {
         &self.stats
+    }
+
+    /// The dynamic batching in effect: configured, and possible for this
+    /// model's signature.
+    pub fn batching(&self) -> Option<&BatchingOptions> {
+        self.batching.as_ref()
     }
 
     /// This version's metric handles, when telemetry is on.

@@ -18,6 +18,7 @@
 //! - [`executor`] is the queue, the workers and warm-up.
 //! - [`stats`] counts what Triton's statistics extension reports.
 
+pub mod batch;
 pub mod convert;
 pub mod error;
 pub mod executor;
@@ -25,6 +26,7 @@ pub mod library;
 pub mod signature;
 pub mod stats;
 
+pub use batch::BatchingOptions;
 pub use error::{InferError, LoadError, RuntimeError};
 pub use executor::{
     ExecutionProvider, GraphOptimization, InferOutput, ModelExecutor, SessionOptions,

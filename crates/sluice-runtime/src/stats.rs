@@ -69,9 +69,15 @@ pub struct StatsSnapshot {
 }
 
 impl VersionStats {
-    pub fn record_success(&self, total: StdDuration, batch: u64) {
+    /// A request answered successfully, `total` after it reached the version.
+    pub fn record_success(&self, total: StdDuration) {
         self.success.add(total);
-        self.inference_count.fetch_add(batch, Ordering::Relaxed);
+    }
+
+    /// One `Session::run` over `rows` rows (one request, or a dynamic batch
+    /// of several: Triton's inference and execution counts).
+    pub fn record_execution(&self, rows: u64) {
+        self.inference_count.fetch_add(rows, Ordering::Relaxed);
         self.execution_count.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -65,7 +65,7 @@ pub fn model_config(name: &str, config: &ModelConfig, executor: &ModelExecutor) 
     } else {
         "KIND_CPU"
     };
-    json!({
+    let mut out = json!({
         "name": name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
@@ -75,13 +75,22 @@ pub fn model_config(name: &str, config: &ModelConfig, executor: &ModelExecutor) 
         "output": io(&executor.signature().outputs),
         "instance_group": [{ "name": format!("{name}_0"), "kind": kind, "count": run.instances }],
         "default_model_filename": "model.onnx",
+
         "parameters": {
             "execution_providers": { "string_value": providers.join(",") },
             "graph_optimization": { "string_value": format!("{:?}", run.graph_optimization).to_lowercase() },
             "max_queue_size": { "string_value": run.max_queue_size.to_string() },
             "queue_timeout_ms": { "string_value": run.queue_timeout.as_millis().to_string() },
         },
-    })
+    });
+    // Triton lists dynamic_batching only when the model batches.
+    if let Some(b) = executor.batching() {
+        out["dynamic_batching"] = json!({
+            "preferred_batch_size": b.preferred_batch_sizes,
+            "max_queue_delay_microseconds": b.max_queue_delay.as_micros() as u64,
+        });
+    }
+    out
 }
 
 fn duration(d: StatDuration) -> Value {

@@ -171,6 +171,18 @@ fn session_options(config: &ModelConfig) -> SessionOptions {
         max_queue_size: config.max_queue_size,
         queue_timeout: config.queue_timeout(),
         warmup: config.warmup,
+        batching: config
+            .dynamic_batching
+            .as_ref()
+            .map(|b| sluice_runtime::BatchingOptions {
+                max_batch_size: config.max_batch_size as usize,
+                max_queue_delay: Duration::from_micros(b.max_queue_delay_us),
+                preferred_batch_sizes: {
+                    let mut sizes = b.preferred_batch_sizes.clone();
+                    sizes.sort_unstable();
+                    sizes
+                },
+            }),
     }
 }
 
