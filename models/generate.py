@@ -15,7 +15,7 @@ Usage (from the repository root, after ``scripts/setup-venv.sh``)::
 
 Two trees are written, both in the Triton layout ``<root>/<model>/<version>/model.onnx``:
 
-* ``models/``                 demo models: ``iris`` (versions 1 and 2), ``mixed``, ``text``
+* ``models/``                 demo models: ``iris`` (versions 1 and 2), ``mixed``, ``text``, ``mlp``
 * ``tests/fixtures/models/``  fixtures the project's tests use: ``identity_<dt>`` for every
                               datatype, ``add_sub``, ``fixed_shape``, ``scale`` (1, 2, 3),
                               ``scale_other_sig``; plus ``tests/fixtures/corrupt.onnx``
@@ -24,7 +24,7 @@ The module is importable (tests add ``models/`` to ``sys.path``); the public hel
 ``write_scale_model(path, k)``, ``write_identity_model(path, dtype)`` (dtype: an OIP name such
 as ``"FP32"``/``"BYTES"``, an ONNX name such as ``"FLOAT"``, or a ``TensorProto`` value),
 ``write_add_sub_model``, ``write_fixed_shape_model``, ``write_iris_model``,
-``write_mixed_model``, ``write_text_model``, ``generate_all`` and ``check_all``.
+``write_mixed_model``, ``write_text_model``, ``write_mlp_model``, ``generate_all`` and ``check_all``.
 
 ONNX Runtime notes found while verifying: every op used here runs on the CPU provider
 (Identity covers all 14 OIP datatypes including BF16 and STRING; Equal accepts strings).
@@ -377,6 +377,66 @@ def write_text_model(path) -> Path:
     return _save(_model(graph, "Lower-cases strings and tells which equal 'hello'."), path)
 
 
+# --------------------------------------------------------------------------- demo: mlp
+
+# Layer widths of the tiny MLP: input 16 -> 32 -> 32 -> 4.
+MLP_SIZES = (16, 32, 32, 4)
+MLP_SEED = 16
+# Sample row used in the README and by `check` (and by the MLServer peer check).
+MLP_SAMPLE = np.array(
+    [[-0.75, -0.65, -0.55, -0.45, -0.35, -0.25, -0.15, -0.05, 0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75]],
+    dtype=np.float32,
+)
+
+
+def mlp_weights():
+    """[(W, b), ...] for the three Gemm layers; W is [out, in] (nn.Linear layout, Gemm
+    transB=1). He-normal draws from numpy seed MLP_SEED, rounded to 4 decimals so the
+    model does not depend on the last bits of the host's floating point."""
+    rng = np.random.default_rng(MLP_SEED)
+    layers = []
+    for fan_in, fan_out in zip(MLP_SIZES[:-1], MLP_SIZES[1:]):
+        w = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_out, fan_in))
+        b = rng.normal(0.0, 0.1, size=fan_out)
+        layers.append((np.round(w, 4).astype(np.float32), np.round(b, 4).astype(np.float32)))
+    return layers
+
+
+def write_mlp_model(path) -> Path:
+    """input FP32 [batch, 16] -> Gemm 16->32, Relu -> Gemm 32->32, Relu -> Gemm 32->4 -> output FP32 [batch, 4].
+    The tiny MLP the benchmarks use: real compute per row, yet small enough that the
+    serving overhead dominates."""
+    nodes, inits = [], []
+    x = "input"
+    layers = mlp_weights()
+    for i, (w, b) in enumerate(layers, start=1):
+        y = "output" if i == len(layers) else f"fc{i}"
+        nodes.append(helper.make_node("Gemm", [x, f"fc{i}.weight", f"fc{i}.bias"], [y], transB=1))
+        inits += [numpy_helper.from_array(w, f"fc{i}.weight"), numpy_helper.from_array(b, f"fc{i}.bias")]
+        if i < len(layers):
+            nodes.append(helper.make_node("Relu", [y], [f"relu{i}"]))
+            x = f"relu{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [_io("input", TensorProto.FLOAT, ["batch", MLP_SIZES[0]])],
+        [_io("output", TensorProto.FLOAT, ["batch", MLP_SIZES[-1]])],
+        initializer=inits,
+    )
+    return _save(_model(graph, "Tiny MLP 16-32-32-4 (Gemm+Relu, Gemm+Relu, Gemm), fixed random weights."), path)
+
+
+def mlp_reference(x):
+    """numpy reference for the tiny MLP (float64 arithmetic)."""
+    h = np.asarray(x, dtype=np.float64)
+    layers = mlp_weights()
+    for i, (w, b) in enumerate(layers, start=1):
+        h = h @ w.astype(np.float64).T + b
+        if i < len(layers):
+            h = np.maximum(h, 0.0)
+    return h
+
+
 def write_manifest(model_path, model: str, version: int, lineage: dict) -> Path:
     """Writes the manifest.json that `sluice models publish` would write beside
     model_path (schema 1: sha256 and size of the file, lineage), so the demo
@@ -406,6 +466,7 @@ def generate_demo(root=DEMO_ROOT) -> list[Path]:
         ("iris", 2, write_iris_model(root / "iris" / "2" / "model.onnx", 2), "softmax regression on the sepal features only"),
         ("mixed", 1, write_mixed_model(root / "mixed" / "1" / "model.onnx"), "several inputs and outputs of different datatypes"),
         ("text", 1, write_text_model(root / "text" / "1" / "model.onnx"), "lower-cases strings"),
+        ("mlp", 1, write_mlp_model(root / "mlp" / "1" / "model.onnx"), "tiny MLP 16-32-32-4 with fixed random weights"),
     ]
     written = []
     for model, version, path, description in models:
@@ -533,6 +594,21 @@ def check_all(verbose: bool = True) -> None:
     assert np.array_equal(out["lower"], lower), out["lower"]
     assert out["is_hello"].dtype == np.bool_ and np.array_equal(out["is_hello"], lower == "hello"), out["is_hello"]
     ok("text/1")
+
+    # mlp
+    path = DEMO_ROOT / "mlp" / "1" / "model.onnx"
+    rng = np.random.default_rng(7)
+    x = np.concatenate([MLP_SAMPLE, rng.normal(size=(7, MLP_SIZES[0])).astype(np.float32)])
+    out = _run(path, {"input": x})["output"]
+    assert out.dtype == np.float32 and out.shape == (len(x), MLP_SIZES[-1]), (out.dtype, out.shape)
+    np.testing.assert_allclose(out, mlp_reference(x), rtol=1e-4, atol=1e-5)
+    assert len(np.unique(out.argmax(axis=1))) > 1, "the MLP should not be constant"
+    one = _run(path, {"input": MLP_SAMPLE})["output"]
+    np.testing.assert_allclose(one, out[:1], rtol=1e-5, atol=1e-6)
+    sess = _session(path)
+    assert [(i.name, i.shape, i.type) for i in sess.get_inputs()] == [("input", ["batch", 16], "tensor(float)")]
+    assert [(o.name, o.shape, o.type) for o in sess.get_outputs()] == [("output", ["batch", 4], "tensor(float)")]
+    ok(f"mlp/1: sample -> {one[0].tolist()}")
 
     # fixtures
     for oip, suffix in IDENTITY_SUFFIX.items():
