@@ -20,6 +20,7 @@ use sluice_serving::{ModelSnapshot, Snapshot, VersionState};
 use sluice_telemetry::Outcome;
 
 use crate::AppState;
+use crate::body::ChunksBody;
 use crate::error::ApiError;
 use crate::telemetry::{self, InferRecord};
 use crate::triton;
@@ -537,22 +538,25 @@ async fn run_inference(
         })
         .collect();
     let version_text = executor.version().to_string();
-    let encoded = sluice_oip::encode_infer_response(&InferResponse {
+    // Chunks: the binary outputs go out as the buffers they already are.
+    let encoded = sluice_oip::encode_infer_response_chunks(&InferResponse {
         model_name: executor.model(),
         model_version: &version_text,
         id: request.id.as_deref(),
         parameters: None,
         outputs,
     });
-    encode_span.record("sluice.response_bytes", encoded.body.len() as i64);
+    let header_length = encoded.header_length;
+    let body = ChunksBody::new(encoded.chunks);
+    encode_span.record("sluice.response_bytes", body.len() as i64);
     drop(encode_span);
-    let mut response = Response::new(Body::from(encoded.body));
+    let mut response = Response::new(Body::new(body));
     let h = response.headers_mut();
     h.insert(
         MODEL_VERSION,
         HeaderValue::from_str(&version_text).expect("digits are a valid header value"),
     );
-    match encoded.header_length {
+    match header_length {
         Some(n) => {
             h.insert(
                 header::CONTENT_TYPE,

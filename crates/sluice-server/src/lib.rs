@@ -16,6 +16,7 @@
 //!    queue on the version's executor (429 when full), await the answer.
 //! 6. encode and answer, naming the version that answered.
 
+mod body;
 mod error;
 mod handlers;
 mod telemetry;
