@@ -205,6 +205,21 @@ def write_fixed_shape_model(path) -> Path:
     return _save(_model(graph, "y = x * 3, fixed shape [2, 3]"), path)
 
 
+def write_pairs_model(path) -> Path:
+    """x FP32 [-1] -> y FP32 [2, -1]: x reshaped into two rows. An odd length
+    (such as the 1 a warm-up guesses for the dynamic dimension) fails in
+    ONNX Runtime, so the model needs warm-up shapes from its model.toml."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2, -1])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "pairs",
+        [_io("x", TensorProto.FLOAT, ["n"])],
+        [_io("y", TensorProto.FLOAT, [2, "half"])],
+        initializer=[shape],
+    )
+    return _save(_model(graph, "x reshaped into two rows; odd lengths fail"), path)
+
+
 def write_corrupt_file(path) -> Path:
     """Bytes that are not a loadable ONNX model."""
     path = Path(path)
@@ -220,6 +235,7 @@ def generate_fixtures(root=FIXTURE_ROOT) -> list[Path]:
         out.append(write_identity_model(root / f"identity_{suffix}" / "1" / "model.onnx", oip))
     out.append(write_add_sub_model(root / "add_sub" / "1" / "model.onnx"))
     out.append(write_fixed_shape_model(root / "fixed_shape" / "1" / "model.onnx"))
+    out.append(write_pairs_model(root / "pairs" / "1" / "model.onnx"))
     for version in (1, 2, 3):
         out.append(write_scale_model(root / "scale" / str(version) / "model.onnx", float(version)))
     out.append(

@@ -16,9 +16,14 @@
 //! queue_timeout_ms = 10000      # waiting longer than this gets 504 (>= 1)
 //! max_batch_size = 0            # rows per execution when batching; reported in the Triton model config
 //! warmup = true                 # one synthetic inference before taking traffic
+//! warmup_shapes = {}            # e.g. { images = [1, 3, 320, 320] }: warm-up input shapes
+//!
+//! [dynamic_batching]            # optional; needs max_batch_size >= 1
+//! max_queue_delay_us = 100      # how long a batch's first request waits for more
+//! preferred_batch_sizes = []    # dispatch at once at these sizes
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
 use std::time::Duration;
@@ -79,6 +84,10 @@ pub struct ModelConfig {
     /// joined along their first dimension (up to `max_batch_size` rows) and
     /// run once. Off when absent. Needs `max_batch_size >= 1`.
     pub dynamic_batching: Option<DynamicBatching>,
+    /// Input shapes for the warm-up run, e.g. `{ images = [1, 3, 320, 320] }`,
+    /// for models whose dynamic dimensions cannot be 1. Inputs not named get
+    /// their dynamic dimensions as 1. Default none.
+    pub warmup_shapes: BTreeMap<String, Vec<i64>>,
 }
 
 /// `[dynamic_batching]` in `model.toml`.
@@ -117,6 +126,7 @@ impl Default for ModelConfig {
             max_batch_size: 0,
             warmup: true,
             dynamic_batching: None,
+            warmup_shapes: BTreeMap::new(),
         }
     }
 }
@@ -168,6 +178,15 @@ impl ModelConfig {
     /// Checks the ranges serde cannot express. The error says which key is
     /// wrong, what it was and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some((name, shape)) = self
+            .warmup_shapes
+            .iter()
+            .find(|(_, s)| s.iter().any(|&d| d < 0))
+        {
+            return Err(format!(
+                "warmup_shapes.{name} = {shape:?} has a negative dimension"
+            ));
+        }
         if let Some(b) = &self.dynamic_batching {
             if self.max_batch_size == 0 {
                 return Err("[dynamic_batching] needs max_batch_size >= 1 (the most rows one execution may take)".into());

@@ -69,6 +69,7 @@ fn every_field_is_read() {
         queue_timeout_ms = 250
         max_batch_size = 32
         warmup = false
+        warmup_shapes = { images = [1, 3, 320, 320] }
 
         [dynamic_batching]
         max_queue_delay_us = 250
@@ -98,6 +99,7 @@ fn every_field_is_read() {
                 max_queue_delay_us: 250,
                 preferred_batch_sizes: vec![8, 16],
             }),
+            warmup_shapes: [("images".to_string(), vec![1, 3, 320, 320])].into(),
         }
     );
 }

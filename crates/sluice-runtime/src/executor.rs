@@ -7,6 +7,7 @@
 //!      └──────────── oneshot ◄───┴──────────────────────────────────────┘
 //! ```
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,6 +91,9 @@ pub struct SessionOptions {
     pub queue_timeout: Duration,
     /// Run one synthetic inference per session before taking traffic.
     pub warmup: bool,
+    /// Input shapes for the warm-up run, by input name; inputs not named
+    /// get their dynamic dimensions as 1.
+    pub warmup_shapes: BTreeMap<String, Vec<i64>>,
     /// Dynamic batching; ignored (with a warning) for a model whose inputs
     /// and outputs do not all have a dynamic first dimension.
     pub batching: Option<BatchingOptions>,
@@ -106,6 +110,7 @@ impl Default for SessionOptions {
             max_queue_size: 128,
             queue_timeout: Duration::from_secs(10),
             warmup: true,
+            warmup_shapes: BTreeMap::new(),
             batching: None,
         }
     }
@@ -205,16 +210,34 @@ fn build_session(
 
 /// Inputs of the smallest shape the signature allows: dynamic dims are 1,
 /// numbers are zero, strings are empty.
-fn warmup_inputs(signature: &Signature) -> Vec<(String, Tensor)> {
-    signature
+/// Inputs for the warm-up run: the shapes `model.toml` gives
+/// (`warmup_shapes`), else the smallest the signature allows (dynamic
+/// dimensions 1); numbers are zero, strings empty. Also says whether any
+/// dimension was guessed.
+fn warmup_inputs(
+    signature: &Signature,
+    shapes: &BTreeMap<String, Vec<i64>>,
+) -> (Vec<(String, Tensor)>, bool) {
+    let mut guessed = false;
+    let inputs = signature
         .inputs
         .iter()
         .map(|spec| {
-            let shape: Vec<i64> = spec
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { 1 } else { d })
-                .collect();
+            let shape: Vec<i64> = match shapes.get(&spec.name) {
+                Some(given) => given.clone(),
+                None => spec
+                    .shape
+                    .iter()
+                    .map(|&d| {
+                        if d < 0 {
+                            guessed = true;
+                            1
+                        } else {
+                            d
+                        }
+                    })
+                    .collect(),
+            };
             let n = sluice_tensor::element_count(&shape).unwrap_or(0);
             let tensor = match spec.datatype.element_size() {
                 Some(size) => {
@@ -225,7 +248,8 @@ fn warmup_inputs(signature: &Signature) -> Vec<(String, Tensor)> {
             .expect("a warm-up tensor is consistent with its shape by construction");
             (spec.name.clone(), tensor)
         })
-        .collect()
+        .collect();
+    (inputs, guessed)
 }
 
 /// Why one run failed: the input (a 400: the caller can fix it) or the
@@ -550,15 +574,28 @@ impl ModelExecutor {
                 None => Signature::of_session(path, &session)?,
             };
             if options.warmup {
-                let inputs = warmup_inputs(&sig);
+                let (inputs, guessed) = warmup_inputs(&sig, &options.warmup_shapes);
                 let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
                 let ident = Ident { model, version };
-                run_session(&mut session, ident, &inputs, &outputs).map_err(|e| {
-                    LoadError::Warmup {
-                        path: path.to_path_buf(),
-                        message: e.message(),
+                match run_session(&mut session, ident, &inputs, &outputs) {
+                    Ok(_) => {}
+                    // Guessed sizes (dynamic dimensions as 1) may simply be
+                    // too small for the model (a detector needs a real image
+                    // size): that says nothing about the model, so it loads
+                    // without a warm-up. `warmup_shapes` in model.toml fixes it.
+                    Err(e) if guessed => tracing::warn!(
+                        model,
+                        version,
+                        error = %e.message(),
+                        "warm-up with guessed input sizes failed; serving without a warm-up (set warmup_shapes in model.toml)"
+                    ),
+                    Err(e) => {
+                        return Err(LoadError::Warmup {
+                            path: path.to_path_buf(),
+                            message: e.message(),
+                        });
                     }
-                })?;
+                }
             }
             signature = Some(sig);
             sessions.push(session);

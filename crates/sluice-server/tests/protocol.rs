@@ -200,3 +200,36 @@ async fn a_json_body_without_content_type_is_accepted() {
     assert_eq!(response.headers()["content-type"], "application/json");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_cannot_warm_up_with_guessed_sizes_still_loads() {
+    // `pairs` reshapes x into two rows: the warm-up's guessed length 1 fails.
+    let root = tempfile::tempdir().unwrap();
+    common::copy_version(root.path(), "pairs", 1, "pairs");
+    common::copy_version(root.path(), "pairs", 1, "pairs_shaped");
+    std::fs::write(
+        root.path().join("pairs_shaped/model.toml"),
+        "warmup_shapes = { x = [4] }\n",
+    )
+    .unwrap();
+    let server = TestServer::start(root, Default::default()).await;
+    for model in ["pairs", "pairs_shaped"] {
+        assert_eq!(
+            server
+                .get(&format!("/v2/models/{model}/ready"))
+                .await
+                .status(),
+            200,
+            "{model}"
+        );
+        let body = json!({"inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
+        let answer: Value = server
+            .post_json(&format!("/v2/models/{model}/infer"), &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["outputs"][0]["shape"], json!([2, 2]), "{answer}");
+    }
+    server.stop().await;
+}

@@ -171,6 +171,7 @@ fn session_options(config: &ModelConfig) -> SessionOptions {
         max_queue_size: config.max_queue_size,
         queue_timeout: config.queue_timeout(),
         warmup: config.warmup,
+        warmup_shapes: config.warmup_shapes.clone(),
         batching: config
             .dynamic_batching
             .as_ref()
