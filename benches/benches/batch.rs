@@ -27,17 +27,6 @@ use sluice_tensor::{DataType, Tensor};
 
 const REQUESTS: usize = 16;
 
-fn measurement_time() -> Duration {
-    let secs = match std::env::var("SLUICE_BENCH_MEASUREMENT_S") {
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .unwrap_or_else(|_| panic!("SLUICE_BENCH_MEASUREMENT_S={v:?} is not a whole number")),
-        Err(_) => 3,
-    };
-    Duration::from_secs(secs.max(1))
-}
-
 fn fp32_tensor(shape: &[i64], values: impl IntoIterator<Item = f32>) -> Tensor {
     let raw: Vec<u8> = values.into_iter().flat_map(|v| v.to_le_bytes()).collect();
     Tensor::from_raw(DataType::Fp32, shape.to_vec(), Bytes::from(raw)).expect("FP32 tensor")
@@ -107,7 +96,7 @@ criterion_group! {
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(measurement_time());
+        .measurement_time(sluice_benches::measurement_time());
     targets = batch
 }
 criterion_main!(benches);

@@ -46,17 +46,6 @@ use sluice_oip::{
 };
 use sluice_tensor::{DataType, Tensor};
 
-fn measurement_time() -> Duration {
-    let secs = match std::env::var("SLUICE_BENCH_MEASUREMENT_S") {
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .unwrap_or_else(|_| panic!("SLUICE_BENCH_MEASUREMENT_S={v:?} is not a whole number")),
-        Err(_) => 3,
-    };
-    Duration::from_secs(secs.max(1))
-}
-
 /// A deterministic xorshift64 generator: the same data on every run.
 struct Rng(u64);
 
@@ -297,7 +286,7 @@ criterion_group! {
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(measurement_time());
+        .measurement_time(sluice_benches::measurement_time());
     targets = codec
 }
 criterion_main!(benches);

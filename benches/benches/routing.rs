@@ -40,17 +40,6 @@ const MODELS: usize = 10;
 /// The model the benches look up.
 const MODEL: &str = "scale-07";
 
-fn measurement_time() -> Duration {
-    let secs = match std::env::var("SLUICE_BENCH_MEASUREMENT_S") {
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .unwrap_or_else(|_| panic!("SLUICE_BENCH_MEASUREMENT_S={v:?} is not a whole number")),
-        Err(_) => 3,
-    };
-    Duration::from_secs(secs.max(1))
-}
-
 /// The server's `resolve`: the version named, or the model's default.
 /// `None` stands for each of its errors (not ready, not found).
 fn resolve(
@@ -154,7 +143,7 @@ fn main() {
     let mut criterion = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(measurement_time())
+        .measurement_time(sluice_benches::measurement_time())
         .configure_from_args();
     {
         let mut group = criterion.benchmark_group("routing");
