@@ -8,6 +8,7 @@
 //! - [`trace`]: logging and OTLP trace export setup, W3C propagation helpers.
 
 pub mod exposition;
+pub mod logwriter;
 pub mod metric;
 pub mod metrics;
 pub mod trace;

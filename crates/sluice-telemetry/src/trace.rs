@@ -142,8 +142,8 @@ impl SpanExporter for CountingExporter {
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
-    /// Flushes the log writer's queue when dropped.
-    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+    /// Flushes the log buffer when dropped.
+    log_writer: Option<crate::logwriter::FlushGuard>,
 }
 
 impl TelemetryGuard {
@@ -216,13 +216,9 @@ pub fn init(
     config: &TraceConfig,
     metrics: Arc<Metrics>,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    // Log lines are written by a thread of their own: a request never waits
-    // on stderr (a full pipe, a slow terminal). If that thread falls behind
-    // by more than its buffer, lines are dropped rather than blocking.
-    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(64 * 1024)
-        .finish(std::io::stderr());
+    // Log lines go through a buffer that a thread flushes to stderr: a
+    // request never waits on stderr, and no thread is woken per line.
+    let (writer, log_writer) = crate::logwriter::buffered(std::io::stderr());
     let (dispatch, mut guard) = build(log_format, log_filter, config, metrics, writer)?;
     guard.log_writer = Some(log_writer);
     let _ = tracing::dispatcher::set_global_default(dispatch);
