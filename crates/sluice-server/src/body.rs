@@ -10,6 +10,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+/// Bodies up to this size are sent as one chunk.
+pub const JOIN_BELOW: u64 = 64 * 1024;
+
 #[derive(Debug)]
 pub struct ChunksBody {
     chunks: VecDeque<Bytes>,
@@ -17,12 +20,21 @@ pub struct ChunksBody {
 }
 
 impl ChunksBody {
+    /// A small body (up to [`JOIN_BELOW`] bytes) is joined into one chunk:
+    /// copying a few KiB is cheaper than a write per chunk. Larger ones keep
+    /// their chunks, so big output tensors are never copied.
     pub fn new(chunks: Vec<Bytes>) -> ChunksBody {
-        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
-        ChunksBody {
-            chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
-            remaining,
-        }
+        let remaining: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let chunks: VecDeque<Bytes> = if chunks.len() > 1 && remaining <= JOIN_BELOW {
+            let mut joined = Vec::with_capacity(remaining as usize);
+            for c in &chunks {
+                joined.extend_from_slice(c);
+            }
+            VecDeque::from([Bytes::from(joined)])
+        } else {
+            chunks.into_iter().filter(|c| !c.is_empty()).collect()
+        };
+        ChunksBody { chunks, remaining }
     }
 
     /// Total bytes of the body.
@@ -72,5 +84,9 @@ mod tests {
         assert_eq!(http_body::Body::size_hint(&body).exact(), Some(5));
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"{}abc");
+        let big = Bytes::from(vec![7u8; 100_000]);
+        let body = ChunksBody::new(vec![Bytes::from_static(b"{}"), big.clone()]);
+        assert_eq!(body.chunks.len(), 2, "a large body keeps its chunks");
+        assert_eq!(body.chunks[1].as_ptr(), big.as_ptr(), "and is not copied");
     }
 }
