@@ -52,11 +52,10 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use serde_json::Map;
+use sluice_benches::Server;
 use sluice_oip::{InferRequest, NamedTensor, RequestedOutput};
 use sluice_runtime::{ModelExecutor, OrtRuntime, SessionOptions};
-use sluice_serving::{ManagerOptions, ModelManager};
 use sluice_tensor::{DataType, Tensor};
-use tokio::sync::oneshot;
 
 const INFER_PATH: &str = "/v2/models/mlp/infer";
 
@@ -180,75 +179,6 @@ impl Executor {
     }
 }
 
-/// A Sluice server on 127.0.0.1:0 with a tokio runtime of its own.
-struct Server {
-    infer_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    // Dropped after the accept loop has stopped: keeps the version loaded.
-    _manager: ModelManager,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Server {
-    fn start(rt: OrtRuntime, root: &Path) -> Server {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("sluice-server")
-            .build()
-            .expect("server runtime");
-        let repo = sluice_registry::Repository::open(root).expect("model repository");
-        let (manager, base, stop, task) = runtime.block_on(async {
-            let manager = ModelManager::start(
-                repo,
-                ManagerOptions {
-                    runtime: rt,
-                    require_manifests: false,
-                    rescan_interval: Duration::from_secs(600),
-                    metrics: None,
-                },
-            );
-            manager.reconcile().await.expect("first reconcile");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind 127.0.0.1:0");
-            let base = format!("http://{}", listener.local_addr().unwrap());
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(sluice_server::run(
-                listener,
-                manager.clone(),
-                sluice_server::HttpOptions::default(),
-                async {
-                    let _ = stopped.await;
-                },
-            ));
-            (manager, base, stop, task)
-        });
-        Server {
-            infer_url: format!("{base}{INFER_PATH}"),
-            stop: Some(stop),
-            task: Some(task),
-            _manager: manager,
-            runtime: Some(runtime),
-        }
-    }
-
-    fn stop(mut self) {
-        let runtime = self.runtime.take().unwrap();
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            runtime
-                .block_on(task)
-                .expect("server task")
-                .expect("server");
-        }
-        drop(self);
-        runtime.shutdown_timeout(Duration::from_secs(5));
-    }
-}
-
 /// One way of sending the inference request over HTTP.
 #[derive(Clone, Copy, Debug)]
 enum Wire {
@@ -305,7 +235,7 @@ impl Client {
         Client {
             runtime,
             client,
-            url: server.infer_url.clone(),
+            url: server.url(INFER_PATH),
             json: json.body,
             binary: binary.body,
             binary_header_length: binary.header_length.expect("a binary request"),
@@ -525,7 +455,7 @@ fn main() {
 
     let root = tempfile::tempdir().expect("temp dir");
     copy_mlp(root.path());
-    let server = Server::start(rt.clone(), root.path());
+    let server = Server::start("server", root.path(), None, None);
     let client = Client::new(&server);
 
     check(&mut floor, &executor, &client);

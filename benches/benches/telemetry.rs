@@ -43,10 +43,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::Criterion;
-use sluice_serving::{ManagerOptions, ModelManager};
+use sluice_benches::Server;
 use sluice_telemetry::Metrics;
 use sluice_telemetry::trace::{LogFormat, TelemetryGuard, TraceConfig};
-use tokio::sync::oneshot;
 
 /// Requests in flight at once, each on its own keep-alive connection.
 const CONCURRENCY: usize = 16;
@@ -84,106 +83,6 @@ fn copy_iris(root: &Path) {
     }
 }
 
-/// A Sluice server on 127.0.0.1:0 with a tokio runtime of its own.
-struct Server {
-    label: &'static str,
-    base: String,
-    infer_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    // Dropped after the accept loop has stopped: keeps the versions loaded.
-    _manager: ModelManager,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Server {
-    /// Starts a server over `root` and waits until its models are loaded.
-    /// With `dispatch`, every thread of the server's runtime, and this
-    /// thread while the models load, has it as default dispatcher.
-    fn start(
-        label: &'static str,
-        root: &Path,
-        metrics: Option<Arc<Metrics>>,
-        dispatch: Option<tracing::Dispatch>,
-    ) -> Server {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all().thread_name(format!("sluice-{label}"));
-        if let Some(dispatch) = dispatch.clone() {
-            builder.on_thread_start(move || {
-                // For the thread's whole life: the guard would reset it.
-                let guard = tracing::dispatcher::set_default(&dispatch);
-                std::mem::forget(guard);
-            });
-        }
-        let runtime = builder.build().expect("server runtime");
-        let ort = sluice_runtime::OrtRuntime::init(None)
-            .expect("ONNX Runtime in .sluice/ort (run scripts/fetch-ort.sh)");
-        let repo = sluice_registry::Repository::open(root).expect("model repository");
-        let options = sluice_server::HttpOptions {
-            metrics: metrics.clone(),
-            ..Default::default()
-        };
-        let setup = || {
-            runtime.block_on(async {
-                let manager = ModelManager::start(
-                    repo,
-                    ManagerOptions {
-                        runtime: ort,
-                        require_manifests: false,
-                        rescan_interval: Duration::from_secs(60),
-                        metrics,
-                    },
-                );
-                // The executors' workers start here, inside this runtime,
-                // and keep the dispatcher current on the loading thread.
-                manager.reconcile().await.expect("first reconcile");
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind 127.0.0.1:0");
-                let base = format!("http://{}", listener.local_addr().unwrap());
-                let (stop, stopped) = oneshot::channel::<()>();
-                let task = tokio::spawn(sluice_server::run(
-                    listener,
-                    manager.clone(),
-                    options,
-                    async {
-                        let _ = stopped.await;
-                    },
-                ));
-                (manager, base, stop, task)
-            })
-        };
-        let (manager, base, stop, task) = match &dispatch {
-            Some(dispatch) => tracing::dispatcher::with_default(dispatch, setup),
-            None => setup(),
-        };
-        Server {
-            label,
-            infer_url: format!("{base}{INFER_PATH}"),
-            base,
-            stop: Some(stop),
-            task: Some(task),
-            _manager: manager,
-            runtime: Some(runtime),
-        }
-    }
-
-    fn stop(mut self) {
-        let runtime = self.runtime.take().unwrap();
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            runtime
-                .block_on(task)
-                .expect("server task")
-                .expect("server");
-        }
-        drop(self);
-        runtime.shutdown_timeout(Duration::from_secs(5));
-    }
-}
-
 /// The load generator: a one-thread runtime (no dispatcher) and a
 /// keep-alive HTTP/1.1 client.
 struct Load {
@@ -216,7 +115,7 @@ impl Load {
     /// and returns the wall time they took. Panics on any non-200.
     fn run(&self, server: &Server, n: u64) -> Duration {
         let next = Arc::new(AtomicU64::new(0));
-        let url: Arc<str> = server.infer_url.as_str().into();
+        let url: Arc<str> = server.url(INFER_PATH).into();
         let label = server.label;
         self.runtime.block_on(async {
             let start = Instant::now();
@@ -269,7 +168,7 @@ impl Load {
         self.runtime.block_on(async {
             let response = self
                 .client
-                .post(&server.infer_url)
+                .post(server.url(INFER_PATH))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(self.body.clone())
                 .send()
