@@ -52,7 +52,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use serde_json::Map;
-use sluice_benches::Server;
+use sluice_benches::{Server, benchmark_mode, env_u64, median};
 use sluice_oip::{InferRequest, NamedTensor, RequestedOutput};
 use sluice_runtime::{ModelExecutor, OrtRuntime, SessionOptions};
 use sluice_tensor::{DataType, Tensor};
@@ -63,16 +63,6 @@ const INFER_PATH: &str = "/v2/models/mlp/infer";
 const INPUT: [f32; 16] = [
     0.12, -0.5, 0.33, 1.7, -0.25, 0.9, 0.05, -1.1, 0.6, 0.42, -0.8, 0.15, 1.2, -0.33, 0.71, -0.04,
 ];
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
-        Err(_) => default,
-    }
-}
 
 fn mlp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mlp")
@@ -346,28 +336,6 @@ fn check(floor: &mut Floor, executor: &Executor, client: &Client) {
         );
     }
     println!("infer check: output {want:?} from ONNX Runtime, the executor and both HTTP paths");
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-/// What criterion's own argument parsing decides: `cargo bench` passes
-/// `--bench`; without it (`cargo test --benches`) each bench runs once as a
-/// test; `--list` and `--profile-time` measure nothing.
-fn benchmark_mode() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| {
-        args.iter()
-            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-    };
-    has("--bench") && !has("--test") && !has("--list") && !has("--profile-time")
 }
 
 const PATHS: [&str; 4] = [

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::Criterion;
-use sluice_benches::Server;
+use sluice_benches::{Server, benchmark_mode, env_u64, median};
 use sluice_telemetry::Metrics;
 use sluice_telemetry::trace::{LogFormat, TelemetryGuard, TraceConfig};
 
@@ -55,16 +55,6 @@ const REQUEST: &str =
     r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
 
 const INFER_PATH: &str = "/v2/models/iris/infer";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
-        Err(_) => default,
-    }
-}
 
 /// Copies `models/iris` (both versions, with their manifests) into `root`.
 fn copy_iris(root: &Path) {
@@ -215,16 +205,6 @@ impl Load {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 /// Rounds of OFF and ON back to back, ABBA order (OFF ON, ON OFF, OFF ON,
 /// ...), `requests` each; prints the median per-round on/off ratio.
 fn interleaved(load: &Load, off: &Server, on: &Server, rounds: u64, requests: u64, smoke: bool) {
@@ -272,18 +252,6 @@ fn interleaved(load: &Load, off: &Server, on: &Server, rounds: u64, requests: u6
         1.0 / off_m,
         1.0 / on_m,
     );
-}
-
-/// What criterion's own argument parsing decides: `cargo bench` passes
-/// `--bench`; without it (`cargo test --benches`) each bench runs once as a
-/// test; `--list` and `--profile-time` measure nothing.
-fn benchmark_mode() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| {
-        args.iter()
-            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-    };
-    has("--bench") && !has("--test") && !has("--list") && !has("--profile-time")
 }
 
 fn main() {

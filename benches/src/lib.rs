@@ -7,14 +7,39 @@ use std::time::Duration;
 /// seconds, 3 by default (every bench here is sized to run in minutes on a
 /// 2-core machine).
 pub fn measurement_time() -> Duration {
-    let secs = match std::env::var("SLUICE_BENCH_MEASUREMENT_S") {
+    Duration::from_secs(env_u64("SLUICE_BENCH_MEASUREMENT_S", 3).max(1))
+}
+
+/// A whole number from the environment variable `name`, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
         Ok(v) => v
             .trim()
-            .parse::<u64>()
-            .unwrap_or_else(|_| panic!("SLUICE_BENCH_MEASUREMENT_S={v:?} is not a whole number")),
-        Err(_) => 3,
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// The median (sorts `values`).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Whether this is a real benchmark run (`cargo bench`), not a test or list.
+pub fn benchmark_mode() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let has = |flag: &str| {
+        args.iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
     };
-    Duration::from_secs(secs.max(1))
+    has("--bench") && !has("--test") && !has("--list") && !has("--profile-time")
 }
 
 use std::path::Path;
