@@ -667,6 +667,23 @@ fn decode_json_data(
     // Every element takes at least two bytes of JSON ("1,"), so this bounds
     // the buffer by the data actually sent as well as by the shape.
     let max_elements = expected.min(text.len().div_ceil(2));
+    if let Some((raw, count)) = scan_floats(text, dtype, expected, max_elements) {
+        if count != expected {
+            return Err(DecodeError::ElementCount {
+                tensor: tref.clone(),
+                shape,
+                expected,
+                origin: "`data`",
+                got: count,
+            });
+        }
+        return Tensor::from_raw(dtype, shape, Bytes::from(raw)).map_err(|source| {
+            DecodeError::Tensor {
+                tensor: tref.clone(),
+                source,
+            }
+        });
+    }
     let mut sink = Sink {
         tref,
         dtype,
@@ -722,6 +739,121 @@ fn decode_json_data(
         tensor: tref.clone(),
         source,
     })
+}
+
+/// The fast path for FP32 and FP64 `data`: one pass over the text, numbers
+/// parsed straight from their digits into the little-endian buffer, without
+/// serde's per-element dispatch (a large image as JSON is 300,000 numbers).
+/// Returns the buffer and the number of elements (also those past
+/// `expected`, which are not stored), or `None` for anything but a
+/// well-formed, possibly nested, array of finite JSON numbers: that text
+/// takes the general path, which accepts the same valid inputs and words
+/// every error.
+fn scan_floats(
+    text: &str,
+    dtype: DataType,
+    expected: usize,
+    max_elements: usize,
+) -> Option<(Vec<u8>, usize)> {
+    let size = match dtype {
+        DataType::Fp32 => 4,
+        DataType::Fp64 => 8,
+        _ => return None,
+    };
+    let bytes = text.as_bytes();
+    let mut raw = Vec::with_capacity(max_elements * size);
+    let mut count = 0usize;
+    let mut depth = 0usize;
+    // After '[' or ',': a value must come ('[' may also be closed at once).
+    let mut want_value = true;
+    let mut just_opened = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b' ' | b'\n' | b'\r' | b'\t' => i += 1,
+            b'[' if want_value => {
+                depth += 1;
+                just_opened = true;
+                i += 1;
+            }
+            b']' if depth > 0 && (!want_value || just_opened) => {
+                depth -= 1;
+                want_value = false;
+                just_opened = false;
+                i += 1;
+                if depth == 0 {
+                    // Only whitespace may follow the outer array.
+                    return bytes[i..]
+                        .iter()
+                        .all(|b| b.is_ascii_whitespace())
+                        .then_some((raw, count));
+                }
+            }
+            b',' if depth > 0 && !want_value => {
+                want_value = true;
+                just_opened = false;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' if want_value && depth > 0 => {
+                let end = i + json_number_len(&bytes[i..])?;
+                let number = &text[i..end];
+                count += 1;
+                if count <= expected {
+                    if size == 4 {
+                        let v: f32 = number.parse().ok()?;
+                        if !v.is_finite() {
+                            return None;
+                        }
+                        raw.extend_from_slice(&v.to_le_bytes());
+                    } else {
+                        let v: f64 = number.parse().ok()?;
+                        if !v.is_finite() {
+                            return None;
+                        }
+                        raw.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                want_value = false;
+                just_opened = false;
+                i = end;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The length of the JSON number at the start of `b`
+/// (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`), or `None` if it is
+/// not one.
+fn json_number_len(b: &[u8]) -> Option<usize> {
+    let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    match b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i += digits(i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return None;
+        }
+        i += 1 + n;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let n = digits(i);
+        if n == 0 {
+            return None;
+        }
+        i += n;
+    }
+    Some(i)
 }
 
 /// Where the elements of a JSON `data` array go.
@@ -913,5 +1045,90 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
         Err(self
             .0
             .fail("an object".into(), "elements must be values or arrays"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(raw: &[u8]) -> Vec<f32> {
+        raw.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_float_scanner_reads_flat_and_nested_arrays_exactly() {
+        let (raw, n) = scan_floats(
+            " [[1, -2.5e0 ,0.1],\n[ 3E2,-0, 0.000001] , [] ] ",
+            DataType::Fp32,
+            6,
+            6,
+        )
+        .unwrap();
+        assert_eq!(n, 6);
+        let got = f32s(&raw);
+        assert_eq!(got, vec![1.0, -2.5, 0.1, 300.0, -0.0, 0.000001]);
+        assert!(got[4].is_sign_negative());
+        let (raw, n) = scan_floats("[0.1, 1e300]", DataType::Fp64, 2, 2).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(f64::from_le_bytes(raw[..8].try_into().unwrap()), 0.1);
+        // Elements past the shape are counted, not stored.
+        let (raw, n) = scan_floats("[1,2,3]", DataType::Fp32, 2, 2).unwrap();
+        assert_eq!((raw.len(), n), (8, 3));
+    }
+
+    #[test]
+    fn the_float_scanner_leaves_everything_else_to_the_general_path() {
+        for text in [
+            "[1,]",
+            "[,1]",
+            "[1 2]",
+            "[1,2",
+            "[1]]",
+            "[1] x",
+            "[01]",
+            "[1.]",
+            "[.5]",
+            "[+1]",
+            "[1e]",
+            "[1e+]",
+            "[-]",
+            "[NaN]",
+            "[Infinity]",
+            "[1e999]",
+            "[\"1\"]",
+            "[true]",
+            "[null]",
+            "[{}]",
+            "[[1],2,]",
+            "[]]",
+            "",
+        ] {
+            assert!(
+                scan_floats(text, DataType::Fp32, 4, 4).is_none(),
+                "{text:?} should take the general path"
+            );
+        }
+        // Only FP32 and FP64 take this path.
+        assert!(scan_floats("[1]", DataType::Int32, 1, 1).is_none());
+        assert!(scan_floats("[1]", DataType::Fp16, 1, 1).is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever floats a client sends, formatted the shortest way (as
+        /// Sluice and most JSON libraries do) or with 17 digits (as Python
+        /// does for doubles), come back bit for bit.
+        #[test]
+        fn the_float_scanner_round_trips(values in proptest::collection::vec(proptest::num::f32::NORMAL | proptest::num::f32::SUBNORMAL | proptest::num::f32::ZERO, 0..64)) {
+            let shortest = format!("[{}]", values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(","));
+            let (raw, n) = scan_floats(&shortest, DataType::Fp32, values.len(), values.len()).unwrap();
+            proptest::prop_assert_eq!(n, values.len());
+            proptest::prop_assert_eq!(f32s(&raw), values.clone());
+            let long = format!("[{}]", values.iter().map(|v| format!("{:.17e}", *v as f64)).collect::<Vec<_>>().join(", "));
+            let (raw, _) = scan_floats(&long, DataType::Fp32, values.len(), values.len()).unwrap();
+            proptest::prop_assert_eq!(f32s(&raw), values);
+        }
     }
 }

@@ -17,6 +17,7 @@
 //! max_batch_size = 0            # rows per execution when batching; reported in the Triton model config
 //! warmup = true                 # one synthetic inference before taking traffic
 //! warmup_shapes = {}            # e.g. { images = [1, 3, 320, 320] }: warm-up input shapes
+//! inline_max_run_us = 50        # warm-up runs this short run small requests on the caller's thread; 0 = never
 //!
 //! [dynamic_batching]            # optional; needs max_batch_size >= 1
 //! max_queue_delay_us = 100      # how long a batch's first request waits for more
@@ -88,6 +89,12 @@ pub struct ModelConfig {
     /// for models whose dynamic dimensions cannot be 1. Inputs not named get
     /// their dynamic dimensions as 1. Default none.
     pub warmup_shapes: BTreeMap<String, Vec<i64>>,
+    /// A version whose warm-up runs take at most this many microseconds runs
+    /// small requests on the caller's thread instead of handing them to a
+    /// worker thread, whose wake-up costs more than such a run. 0 never
+    /// does. Ignored with dynamic batching, without warm-up, and for non-CPU
+    /// execution providers. Default 50.
+    pub inline_max_run_us: u64,
 }
 
 /// `[dynamic_batching]` in `model.toml`.
@@ -127,6 +134,7 @@ impl Default for ModelConfig {
             warmup: true,
             dynamic_batching: None,
             warmup_shapes: BTreeMap::new(),
+            inline_max_run_us: sluice_runtime::DEFAULT_INLINE_MAX_RUN_US,
         }
     }
 }

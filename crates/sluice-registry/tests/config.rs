@@ -70,6 +70,7 @@ fn every_field_is_read() {
         max_batch_size = 32
         warmup = false
         warmup_shapes = { images = [1, 3, 320, 320] }
+        inline_max_run_us = 0
 
         [dynamic_batching]
         max_queue_delay_us = 250
@@ -100,6 +101,7 @@ fn every_field_is_read() {
                 preferred_batch_sizes: vec![8, 16],
             }),
             warmup_shapes: [("images".to_string(), vec![1, 3, 320, 320])].into(),
+            inline_max_run_us: 0,
         }
     );
 }

@@ -6,6 +6,14 @@
 //!      ▲                         │ full: 429                            │ waited too long: 504
 //!      └──────────── oneshot ◄───┴──────────────────────────────────────┘
 //! ```
+//!
+//! A version whose warm-up runs take at most `inline_max_run` (a tiny MLP: a
+//! few microseconds) is *inline*: its sessions sit in a pool instead of on
+//! the workers, and a caller that finds one free runs the request on its own
+//! thread, because handing a job to another thread and waking it costs more
+//! than such a run (tens of microseconds on a VM). Only requests no larger
+//! than the warm-up scaled to that budget run inline; a caller that finds the
+//! pool empty queues the job, and a worker takes a session from the pool.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -97,6 +105,10 @@ pub struct SessionOptions {
     /// Dynamic batching; ignored (with a warning) for a model whose inputs
     /// and outputs do not all have a dynamic first dimension.
     pub batching: Option<BatchingOptions>,
+    /// A version whose warm-up runs take at most this long runs small
+    /// requests on the caller's thread (see the module docs); zero turns it
+    /// off. Never for batched versions or non-CPU execution providers.
+    pub inline_max_run: Duration,
 }
 
 impl Default for SessionOptions {
@@ -112,8 +124,29 @@ impl Default for SessionOptions {
             warmup: true,
             warmup_shapes: BTreeMap::new(),
             batching: None,
+            inline_max_run: Duration::from_micros(DEFAULT_INLINE_MAX_RUN_US),
         }
     }
+}
+
+/// The default of [`SessionOptions::inline_max_run`], in microseconds: well
+/// under what a thread hand-off costs here, and short enough that an async
+/// worker thread is never held up for long.
+pub const DEFAULT_INLINE_MAX_RUN_US: u64 = 50;
+
+/// How many timed runs decide whether a version runs inline.
+const INLINE_PROBE_RUNS: usize = 9;
+
+/// The sessions of an inline version, shared by callers and workers.
+struct InlinePool {
+    /// Free sessions; `instances` of them in all.
+    put: Sender<Session>,
+    take: Receiver<Session>,
+    /// A request with more input elements than this goes to the queue: its
+    /// run would exceed the inline budget.
+    max_elements: usize,
+    /// The median warm-up run that made this version inline.
+    probe: Duration,
 }
 
 /// The outputs of one inference, in the order they were asked for.
@@ -150,6 +183,8 @@ pub struct ModelExecutor {
     metrics: Option<VersionMetrics>,
     /// The dynamic batching in effect (`None` when off or not possible).
     batching: Option<BatchingOptions>,
+    /// `Some` for an inline version: its sessions, free for the taking.
+    inline: Option<Arc<InlinePool>>,
     /// Kept only so the threads are named in debuggers; never joined (the
     /// last drop may happen on an async thread, which must not block).
     _workers: Vec<JoinHandle<()>>,
@@ -355,11 +390,38 @@ fn run_session(
     })
 }
 
+/// Where a worker finds its session.
+enum SessionSlot {
+    /// Its own, for the worker's whole life.
+    Owned(Session),
+    /// Any free one of an inline version, taken per execution and given back.
+    Pool(Arc<InlinePool>),
+}
+
+impl SessionSlot {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Session) -> R) -> R {
+        match self {
+            SessionSlot::Owned(session) => f(session),
+            SessionSlot::Pool(pool) => {
+                // Callers hold a pooled session for one short run only, and
+                // the pool keeps a sender alive (ours), so this returns.
+                let mut session = pool
+                    .take
+                    .recv()
+                    .expect("the pool outlives its workers' sessions");
+                let result = f(&mut session);
+                let _ = pool.put.send(session);
+                result
+            }
+        }
+    }
+}
+
 struct Worker {
     model: String,
     version: u64,
     timeout: Duration,
-    session: Session,
+    session: SessionSlot,
     stats: Arc<VersionStats>,
     metrics: Option<VersionMetrics>,
     queue: Receiver<Job>,
@@ -370,10 +432,23 @@ struct Worker {
     pending: Option<Job>,
 }
 
+/// Hands memory freed by a dropped session back to the system. A session's
+/// allocations live in the arena of the thread that made them, and glibc
+/// keeps freed arena pages mapped, so without this every retired version
+/// would leave its footprint behind (issue 4's swap-cycle measurement).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; it has no
+    // preconditions and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The rows a job contributes to a batch (its first dimension), 1 for a job
 /// that cannot be batched.
-fn rows_of(job: &Job) -> usize {
-    job.inputs
+fn rows_of(inputs: &[(String, Tensor)]) -> usize {
+    inputs
         .first()
         .and_then(|(_, t)| t.shape().first())
         .and_then(|&d| usize::try_from(d).ok())
@@ -396,6 +471,8 @@ impl Worker {
             self.execute(batch);
         }
         tracing::debug!(model = %self.model, version = self.version, "worker stopped; session dropped");
+        drop(self);
+        release_freed_memory();
     }
 
     /// Takes a job off the queue: ends its queue span, and answers it now if
@@ -470,7 +547,7 @@ impl Worker {
             model: &self.model,
             version: self.version,
         };
-        let rows: Vec<usize> = batch.iter().map(rows_of).collect();
+        let rows: Vec<usize> = batch.iter().map(|j| rows_of(&j.inputs)).collect();
         let total_rows: usize = rows.iter().sum();
         // A batched execution's spans belong to its first request's trace.
         let _entered = batch[0].span.enter();
@@ -482,18 +559,17 @@ impl Worker {
         );
         let result = inference.in_scope(|| {
             if batch.len() == 1 {
-                return run_session(
-                    &mut self.session,
-                    ident,
-                    &batch[0].inputs,
-                    &batch[0].outputs,
-                )
-                .map(|(out, phases)| (vec![out.outputs], phases));
+                return self
+                    .session
+                    .with(|s| run_session(s, ident, &batch[0].inputs, &batch[0].outputs))
+                    .map(|(out, phases)| (vec![out.outputs], phases));
             }
             let parts: Vec<&[(String, Tensor)]> =
                 batch.iter().map(|j| j.inputs.as_slice()).collect();
             let joined = batch::concat(&parts).map_err(RunError::Runtime)?;
-            let (out, phases) = run_session(&mut self.session, ident, &joined, &batch[0].outputs)?;
+            let (out, phases) = self
+                .session
+                .with(|s| run_session(s, ident, &joined, &batch[0].outputs))?;
             let mut per_job: Vec<Vec<(String, Tensor)>> = vec![Vec::new(); batch.len()];
             for (name, tensor) in out.outputs {
                 let pieces = batch::split(&tensor, &rows).map_err(|e| {
@@ -508,22 +584,10 @@ impl Worker {
         drop(inference);
         drop(_entered);
         match result {
-            Ok((outputs, [input, infer, out])) => {
-                self.stats.record_execution(total_rows as u64);
-                if let Some(m) = &self.metrics {
-                    m.compute_input.observe(input.as_secs_f64());
-                    m.compute_infer.observe(infer.as_secs_f64());
-                    m.compute_output.observe(out.as_secs_f64());
-                    m.batch_size.observe(total_rows as f64);
-                }
+            Ok((outputs, phases)) => {
+                record_execution(&self.stats, self.metrics.as_ref(), total_rows, phases);
                 for (job, outputs) in batch.into_iter().zip(outputs) {
-                    let total = job.enqueued.elapsed();
-                    let waited = total.saturating_sub(input + infer + out);
-                    self.stats.record_phases(waited, input, infer, out);
-                    self.stats.record_success(total);
-                    if let Some(m) = &self.metrics {
-                        m.queue_duration.observe(waited.as_secs_f64());
-                    }
+                    record_answer(&self.stats, self.metrics.as_ref(), job.enqueued, phases);
                     let _ = job.reply.send(Ok(InferOutput { outputs }));
                 }
             }
@@ -535,21 +599,101 @@ impl Worker {
             Err(e) => {
                 let job = batch.into_iter().next().expect("a batch has a job");
                 self.stats.record_failure(job.enqueued.elapsed());
-                let reply = match e {
-                    RunError::Input(message) => InferError::Invalid(message),
-                    RunError::Runtime(message) => {
-                        tracing::warn!(model = %self.model, version = self.version, error = %message, "inference failed");
-                        InferError::Runtime {
-                            model: self.model.clone(),
-                            version: self.version,
-                            message,
-                        }
-                    }
-                };
-                let _ = job.reply.send(Err(reply));
+                let _ = job
+                    .reply
+                    .send(Err(run_failure(&self.model, self.version, e)));
             }
         }
     }
+}
+
+/// Counts one execution (one session run, of `rows` rows).
+fn record_execution(
+    stats: &VersionStats,
+    metrics: Option<&VersionMetrics>,
+    rows: usize,
+    [input, infer, out]: [Duration; 3],
+) {
+    stats.record_execution(rows as u64);
+    if let Some(m) = metrics {
+        m.compute_input.observe(input.as_secs_f64());
+        m.compute_infer.observe(infer.as_secs_f64());
+        m.compute_output.observe(out.as_secs_f64());
+        m.batch_size.observe(rows as f64);
+    }
+}
+
+/// Counts one answered request: the time it waited is what its execution's
+/// phases do not explain.
+fn record_answer(
+    stats: &VersionStats,
+    metrics: Option<&VersionMetrics>,
+    enqueued: Instant,
+    [input, infer, out]: [Duration; 3],
+) {
+    let total = enqueued.elapsed();
+    let waited = total.saturating_sub(input + infer + out);
+    stats.record_phases(waited, input, infer, out);
+    stats.record_success(total);
+    if let Some(m) = metrics {
+        m.queue_duration.observe(waited.as_secs_f64());
+    }
+}
+
+/// The error a failed run answers its request with.
+fn run_failure(model: &str, version: u64, error: RunError) -> InferError {
+    match error {
+        RunError::Input(message) => InferError::Invalid(message),
+        RunError::Runtime(message) => {
+            tracing::warn!(model, version, error = %message, "inference failed");
+            InferError::Runtime {
+                model: model.to_string(),
+                version,
+                message,
+            }
+        }
+    }
+}
+
+/// Decides whether a version runs inline: times a few runs of the warm-up
+/// inputs on `session` and, when their median is within
+/// `options.inline_max_run`, returns it with the most input elements a
+/// request may have to run inline (the warm-up's, scaled to the budget).
+fn inline_probe(
+    session: &mut Session,
+    model: &str,
+    version: u64,
+    signature: &Signature,
+    options: &SessionOptions,
+) -> Option<(Duration, usize)> {
+    let budget = options.inline_max_run;
+    if budget.is_zero()
+        || !options.warmup
+        || options.batching.is_some()
+        || options
+            .execution_providers
+            .iter()
+            .any(|ep| *ep != ExecutionProvider::Cpu)
+    {
+        return None;
+    }
+    let (inputs, _) = warmup_inputs(signature, &options.warmup_shapes);
+    let outputs: Vec<String> = signature.outputs.iter().map(|o| o.name.clone()).collect();
+    let ident = Ident { model, version };
+    let mut runs = Vec::with_capacity(INLINE_PROBE_RUNS);
+    for _ in 0..INLINE_PROBE_RUNS {
+        let started = Instant::now();
+        run_session(session, ident, &inputs, &outputs).ok()?;
+        runs.push(started.elapsed());
+    }
+    runs.sort_unstable();
+    let median = runs[runs.len() / 2];
+    if median > budget {
+        return None;
+    }
+    let elements: usize = inputs.iter().map(|(_, t)| t.len()).sum();
+    let scale = (budget.as_nanos() / median.as_nanos().max(1)).clamp(1, 64) as usize;
+    Some((median, elements.max(1).saturating_mul(scale)))
 }
 
 impl ModelExecutor {
@@ -613,10 +757,39 @@ impl ModelExecutor {
             }
             None => None,
         };
+        let inline = match inline_probe(&mut sessions[0], model, version, &signature, &options) {
+            Some((probe, max_elements)) => {
+                tracing::info!(
+                    model,
+                    version,
+                    warmup_run_us = probe.as_micros() as u64,
+                    max_elements,
+                    "small requests run inline: a warm-up run is shorter than a thread hand-off"
+                );
+                let (put, take) = crossbeam_channel::bounded(instances);
+                for session in sessions.drain(..) {
+                    put.send(session)
+                        .expect("the pool holds every session of the version");
+                }
+                Some(Arc::new(InlinePool {
+                    put,
+                    take,
+                    max_elements,
+                    probe,
+                }))
+            }
+            None => None,
+        };
         let (tx, rx) = crossbeam_channel::bounded(options.max_queue_size.max(1));
         let stats = Arc::new(VersionStats::default());
         let mut workers = Vec::with_capacity(instances);
-        for (i, session) in sessions.into_iter().enumerate() {
+        let mut slots: Vec<SessionSlot> = match &inline {
+            Some(pool) => (0..instances)
+                .map(|_| SessionSlot::Pool(pool.clone()))
+                .collect(),
+            None => sessions.into_iter().map(SessionSlot::Owned).collect(),
+        };
+        for (i, session) in slots.drain(..).enumerate() {
             let worker = Worker {
                 model: model.to_string(),
                 version,
@@ -647,8 +820,15 @@ impl ModelExecutor {
             stats,
             metrics,
             batching,
+            inline,
             _workers: workers,
         })
+    }
+
+    /// The median warm-up run, when this version runs small requests on the
+    /// caller's thread (see the module docs); `None` when it always queues.
+    pub fn inline_run(&self) -> Option<Duration> {
+        self.inline.as_ref().map(|p| p.probe)
     }
 
     pub fn model(&self) -> &str {
@@ -715,16 +895,28 @@ impl ModelExecutor {
         } else {
             outputs
         };
+        let queue_span = sluice_telemetry::child_span!("sluice.queue",
+            "sluice.model" = %self.model,
+            "sluice.model_version" = self.version as i64,
+        );
+        if let Some(pool) = &self.inline {
+            let elements: usize = inputs.iter().map(|(_, t)| t.len()).sum();
+            if elements <= pool.max_elements
+                && let Ok(mut session) = pool.take.try_recv()
+            {
+                drop(queue_span);
+                let result = self.run_inline(&mut session, &inputs, &outputs, started);
+                let _ = pool.put.send(session);
+                return result;
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             inputs,
             outputs,
             enqueued: started,
             span: tracing::Span::current(),
-            queue_span: sluice_telemetry::child_span!("sluice.queue",
-                "sluice.model" = %self.model,
-                "sluice.model_version" = self.version as i64,
-            ),
+            queue_span,
             reply,
         };
         match self.queue.try_send(job) {
@@ -750,5 +942,40 @@ impl ModelExecutor {
                 version: self.version,
             })
         })
+    }
+
+    /// Runs one request on a session taken from the inline pool, on the
+    /// caller's thread: the same spans, statistics and errors as a worker.
+    fn run_inline(
+        &self,
+        session: &mut Session,
+        inputs: &[(String, Tensor)],
+        outputs: &[String],
+        started: Instant,
+    ) -> Result<InferOutput, InferError> {
+        let rows = rows_of(inputs);
+        let inference = sluice_telemetry::child_span!("sluice.inference",
+            "sluice.model" = %self.model,
+            "sluice.model_version" = self.version as i64,
+            "sluice.batch_size" = rows as i64,
+            "sluice.batch_requests" = 1i64,
+        );
+        let ident = Ident {
+            model: &self.model,
+            version: self.version,
+        };
+        let result = inference.in_scope(|| run_session(session, ident, inputs, outputs));
+        drop(inference);
+        match result {
+            Ok((output, phases)) => {
+                record_execution(&self.stats, self.metrics.as_ref(), rows, phases);
+                record_answer(&self.stats, self.metrics.as_ref(), started, phases);
+                Ok(output)
+            }
+            Err(e) => {
+                self.stats.record_failure(started.elapsed());
+                Err(run_failure(&self.model, self.version, e))
+            }
+        }
     }
 }

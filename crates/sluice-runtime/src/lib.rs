@@ -29,7 +29,8 @@ pub mod stats;
 pub use batch::BatchingOptions;
 pub use error::{InferError, LoadError, RuntimeError};
 pub use executor::{
-    ExecutionProvider, GraphOptimization, InferOutput, ModelExecutor, SessionOptions,
+    DEFAULT_INLINE_MAX_RUN_US, ExecutionProvider, GraphOptimization, InferOutput, ModelExecutor,
+    SessionOptions,
 };
 pub use library::{OrtRuntime, locate_library};
 pub use signature::{Signature, TensorSpec};

@@ -82,8 +82,11 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     let id = match request.headers().get(&REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
         _ => {
+            // The pid keeps ids of restarted processes apart; read once,
+            // as it is a system call.
+            static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let pid = std::process::id();
+            let pid = *PID.get_or_init(std::process::id);
             HeaderValue::from_str(&format!("{pid:x}-{n:x}")).expect("hex is a valid header value")
         }
     };

@@ -335,3 +335,45 @@ async fn changed_model_settings_reload_the_version() {
     assert_eq!(response.status(), 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_version_takes_its_metric_series_with_it() {
+    let server = TestServer::scale_v1().await;
+    let v1 =
+        r#"sluice_requests_total{model="scale",version="1",protocol="http",outcome="success"}"#;
+    let v2 =
+        r#"sluice_requests_total{model="scale",version="2",protocol="http",outcome="success"}"#;
+    let metrics = |server: &TestServer| {
+        let request = server.client.get(format!("{}/metrics", server.url));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let infer = server
+        .post_json("/v2/models/scale/infer", &scale_request([1.0; 4]))
+        .await;
+    assert_eq!(infer.status(), 200);
+    assert!(metrics(&server).await.contains(v1));
+
+    // Version 2 arrives, version 1 goes: once drained, its series go too.
+    common::copy_version(server.root.path(), "scale", 2, "scale");
+    server.manager.reconcile().await.unwrap();
+    std::fs::remove_dir_all(server.root.path().join("scale/1")).unwrap();
+    let mut text = String::new();
+    for _ in 0..100 {
+        server.manager.reconcile().await.unwrap();
+        text = metrics(&server).await;
+        if !text.contains(r#"version="1""#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !text.contains(r#"version="1""#),
+        "series of the removed version are still exposed:\n{text}"
+    );
+    let infer = server
+        .post_json("/v2/models/scale/infer", &scale_request([1.0; 4]))
+        .await;
+    assert_eq!(infer.status(), 200);
+    assert!(metrics(&server).await.contains(v2));
+    server.stop().await;
+}

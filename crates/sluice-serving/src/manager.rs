@@ -172,6 +172,7 @@ fn session_options(config: &ModelConfig) -> SessionOptions {
         queue_timeout: config.queue_timeout(),
         warmup: config.warmup,
         warmup_shapes: config.warmup_shapes.clone(),
+        inline_max_run: Duration::from_micros(config.inline_max_run_us),
         batching: config
             .dynamic_batching
             .as_ref()
@@ -611,13 +612,28 @@ impl Reconciler {
     }
 
     fn report_drained(&mut self) {
+        let mut gone = Vec::new();
         self.draining.retain(|(model, version, weak)| {
             let alive = weak.strong_count() > 0;
             if !alive {
                 tracing::info!(model = %model, version, "version unloaded");
+                gone.push((model.clone(), *version));
             }
             alive
         });
+        // Its metric series go with it, unless the same version number was
+        // loaded again meanwhile (then the series are the new one's).
+        if let Some(metrics) = &self.options.metrics {
+            for (model, version) in gone {
+                let reloaded = self
+                    .loaded
+                    .get(&model)
+                    .is_some_and(|versions| versions.contains_key(&version));
+                if !reloaded {
+                    metrics.remove_version(&model, version);
+                }
+            }
+        }
     }
 }
 

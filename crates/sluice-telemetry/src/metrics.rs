@@ -148,6 +148,45 @@ impl<M> Family<M> {
         metric
     }
 
+    /// Drops every series whose label `label` has the value `value` for
+    /// each `(label, value)` given; returns how many went. Handles held
+    /// elsewhere keep working but are no longer exported.
+    pub fn remove_where(&self, matching: &[(&str, &str)]) -> usize {
+        let positions: Option<Vec<(usize, &str)>> = matching
+            .iter()
+            .map(|(label, value)| {
+                let at = self.labels.iter().position(|l| l == label)?;
+                Some((at, *value))
+            })
+            .collect();
+        let Some(positions) = positions else {
+            return 0;
+        };
+        let matches = |values: &[String]| positions.iter().all(|(at, v)| values[*at] == *v);
+        let _writer = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.series.load_full();
+        let mut removed = 0;
+        let mut next = SeriesMap::with_capacity(current.len());
+        for (hash, series) in current.iter() {
+            let kept: Vec<_> = series
+                .iter()
+                .filter(|(values, _)| {
+                    let gone = matches(values);
+                    removed += usize::from(gone);
+                    !gone
+                })
+                .cloned()
+                .collect();
+            if !kept.is_empty() {
+                next.insert(*hash, kept);
+            }
+        }
+        if removed > 0 {
+            self.series.store(Arc::new(next));
+        }
+        removed
+    }
+
     /// Every series, sorted by label values (for a stable exposition).
     pub fn series(&self) -> Vec<(Vec<String>, Arc<M>)> {
         let mut all: Vec<_> = self
@@ -298,6 +337,22 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of a version that is gone (unloaded and drained),
+    /// so that a repository that publishes a version an hour does not
+    /// accumulate dead series, in memory and in every scrape.
+    pub fn remove_version(&self, model: &str, version: u64) -> usize {
+        let v = version.to_string();
+        let labels = [("model", model), ("version", v.as_str())];
+        self.requests.remove_where(&labels)
+            + self.request_duration.remove_where(&labels)
+            + self.queue_duration.remove_where(&labels)
+            + self.compute_input.remove_where(&labels)
+            + self.compute_infer.remove_where(&labels)
+            + self.compute_output.remove_where(&labels)
+            + self.batch_size.remove_where(&labels)
+            + self.in_flight.remove_where(&labels)
+    }
+
     /// Sets where the scrape-time gauges come from (the model manager).
     pub fn set_live_source(&self, source: impl Fn() -> LiveState + Send + Sync + 'static) {
         self.live.store(Some(Arc::new(Box::new(source))));
@@ -397,5 +452,34 @@ mod tests {
         let again = VersionMetrics::new(&m, "iris", 2, "http");
         again.queue_duration.observe(1e-5);
         assert_eq!(v.queue_duration.count(), 1);
+    }
+
+    #[test]
+    fn removing_a_version_drops_its_series_and_only_its() {
+        let m = Metrics::new();
+        let v2 = VersionMetrics::new(&m, "iris", 2, "http");
+        let v3 = VersionMetrics::new(&m, "iris", 3, "http");
+        let other = VersionMetrics::new(&m, "mlp", 2, "http");
+        for v in [&v2, &v3, &other] {
+            v.record_request(Outcome::Success, 0.001, None);
+        }
+        let per_version = m.requests.series().len() / 3;
+        assert_eq!(per_version, Outcome::ALL.len());
+        // 8 outcomes x 2 request families + 6 per-version families.
+        assert_eq!(m.remove_version("iris", 2), 2 * Outcome::ALL.len() + 6);
+        assert_eq!(m.remove_version("iris", 2), 0);
+        let left: Vec<(String, String)> = m
+            .requests
+            .series()
+            .into_iter()
+            .map(|(k, _)| (k[0].clone(), k[1].clone()))
+            .collect();
+        assert!(!left.contains(&("iris".to_string(), "2".to_string())));
+        assert!(left.contains(&("iris".to_string(), "3".to_string())));
+        assert!(left.contains(&("mlp".to_string(), "2".to_string())));
+        // A family without those labels is untouched.
+        m.loads.get(&["iris", "success"]).inc();
+        m.remove_version("iris", 3);
+        assert_eq!(m.loads.series().len(), 1);
     }
 }

@@ -280,7 +280,11 @@ where
             .with_filter(Targets::new().with_target(SPAN_TARGET, Level::TRACE))
     });
     let registry = tracing_subscriber::registry().with(otel);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Colours only for a person at a terminal: escape codes in a file or a
+    // log pipeline are noise, and formatting them costs time per line.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let dispatch = match log_format {
         LogFormat::Json => tracing::Dispatch::new(
             registry.with(
