@@ -90,9 +90,9 @@ pub struct ModelConfig {
     /// their dynamic dimensions as 1. Default none.
     pub warmup_shapes: BTreeMap<String, Vec<i64>>,
     /// A version whose warm-up runs take at most this many microseconds runs
-    /// small requests on the caller's thread instead of handing them to a
-    /// worker thread, whose wake-up costs more than such a run. 0 never
-    /// does. Ignored with dynamic batching, without warm-up, and for non-CPU
+    /// a small request that is its only one in flight on the caller's thread
+    /// instead of handing it to a worker thread, whose wake-up costs more
+    /// than such a run. 0 never does. Ignored with dynamic batching, without warm-up, and for non-CPU
     /// execution providers. Default 50.
     pub inline_max_run_us: u64,
 }

@@ -1,5 +1,6 @@
 //! Inline execution: a version whose warm-up runs are shorter than
-//! `inline_max_run` runs small requests on the caller's thread. Checked on
+//! `inline_max_run` runs a small request that finds it idle on the caller's
+//! thread. Checked on
 //! the `scale` fixture (`y = x * 2` for version 2): which versions go inline,
 //! that small and large requests, concurrent and mixed, each get their own
 //! answer, and that statistics count both paths alike.
@@ -101,7 +102,7 @@ async fn small_and_large_requests_from_many_callers_each_get_their_own_answer() 
     assert!(exec.inline_run().is_some());
     // Large requests (50,000 rows) exceed any inline budget (at most 64x
     // the 4-element warm-up) and go through the queue; small ones run inline
-    // when a session is free and queue when both are taken.
+    // when they find the version idle, and queue while others are in flight.
     let mut calls = Vec::new();
     let mut rows_sent = 0u64;
     for caller in 0..16u32 {
