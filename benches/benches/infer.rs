@@ -13,7 +13,10 @@
 //!   None)`. On top of the floor: validation against the signature, the
 //!   bounded queue to the worker thread and the oneshot back (two thread
 //!   hand-offs), copying the input into an ONNX Runtime tensor and the
-//!   output out of one, and the bookkeeping (stats).
+//!   output out of one, and the bookkeeping (stats). Calls follow each other
+//!   within 50 µs, so the version is never idle and none runs inline (the
+//!   inline path is for a request that finds its version idle; its effect is
+//!   measured over HTTP in `benches/RESULTS.md`).
 //! - `http_json_c1` and `http_binary_c1`: a real server (`sluice_server::run`
 //!   on 127.0.0.1:0, its own multi-thread tokio runtime and `ModelManager`
 //!   over a temporary copy of `models/mlp`, metrics and tracing off) and a
