@@ -66,6 +66,19 @@ pub struct ServeArgs {
     /// [default: info,ort=warn]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// File of admin API keys, one `name:key` per line (keys of 16+
+    /// characters). Without it, SLUICE_ADMIN_KEYS (`name:key,name:key`) is
+    /// read; with neither, the admin API (/admin/...) refuses every call
+    #[arg(long, env = "SLUICE_ADMIN_KEYS_FILE", value_name = "FILE")]
+    pub admin_keys_file: Option<PathBuf>,
+    /// File of keys the inference API requires, like --admin-keys-file;
+    /// else SLUICE_API_KEYS; with neither, the inference API is open
+    #[arg(long, env = "SLUICE_API_KEYS_FILE", value_name = "FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Shadow copies in flight per shadow version before more are dropped
+    /// [default: 64]
+    #[arg(long, env = "SLUICE_SHADOW_QUEUE", value_name = "N")]
+    pub shadow_queue: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -91,6 +104,9 @@ pub struct FileConfig {
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
     pub trace_sample_ratio: Option<f64>,
+    pub admin_keys_file: Option<PathBuf>,
+    pub api_keys_file: Option<PathBuf>,
+    pub shadow_queue: Option<usize>,
 }
 
 impl FileConfig {
@@ -177,10 +193,36 @@ impl ServeSettings {
             )?,
             http: sluice_server::HttpOptions {
                 max_body_bytes,
+                admin_keys: keys(
+                    "admin",
+                    args.admin_keys_file
+                        .or_else(|| from_file(file.admin_keys_file)),
+                    "SLUICE_ADMIN_KEYS",
+                )?,
+                api_keys: keys(
+                    "API",
+                    args.api_keys_file.or_else(|| from_file(file.api_keys_file)),
+                    "SLUICE_API_KEYS",
+                )?,
+                shadow_queue: args.shadow_queue.or(file.shadow_queue).unwrap_or(64).max(1),
                 ..Default::default()
             },
         })
     }
+}
+
+/// Keys from `file`, else from the environment variable `var`, else none.
+/// Errors never show a key.
+fn keys(what: &str, file: Option<PathBuf>, var: &str) -> anyhow::Result<sluice_server::KeySet> {
+    let text = match &file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} keys file {}", path.display()))?,
+        None => std::env::var(var).unwrap_or_default(),
+    };
+    sluice_server::KeySet::parse(&text).map_err(|e| match &file {
+        Some(path) => anyhow::anyhow!("{what} keys file {}: {e}", path.display()),
+        None => anyhow::anyhow!("{var}: {e}"),
+    })
 }
 
 /// The trace settings: flags (or the config file) first, then the standard

@@ -1,10 +1,12 @@
-//! The `sluice` command line: `serve`, and `models publish|list`.
+//! The `sluice` command line: `serve`, `models publish|list`, `rollout ...`
+//! and `audit ...`.
 //!
 //! Every `serve` setting comes, in order of precedence, from its flag, its
 //! `SLUICE_*` environment variable, the `--config` TOML file, or its default.
 //! `anyhow` lives here only: the library crates have typed errors.
 
 mod config;
+mod rollout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,13 @@ pub enum Command {
     /// Manage the model repository.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Canary, shadow and progressive rollouts of a running gateway (its
+    /// admin API; the key from SLUICE_ADMIN_KEY).
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// The registry's audit log of policy changes, promotions and rollbacks.
+    #[command(subcommand)]
+    Audit(rollout::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +127,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Rollout(command) => rollout::run_rollout(command),
+        Command::Audit(command) => rollout::run_audit(command),
         Command::Models(ModelsCommand::List { models }) => {
             let repo = sluice_registry::Repository::open(&models)?;
             let scan = repo.scan()?;
@@ -171,6 +182,21 @@ pub async fn serve(
     // Tests and scripts read this line to find the port when binding port 0.
     println!("listening on http://{addr}");
     tracing::info!(%addr, models = %settings.models.display(), "serving");
+    tracing::info!(
+        admin_keys = settings.http.admin_keys.len(),
+        api_keys = settings.http.api_keys.len(),
+        "admin API {}; inference API {}",
+        if settings.http.admin_keys.is_empty() {
+            "off (no admin keys)"
+        } else {
+            "on"
+        },
+        if settings.http.api_keys.is_empty() {
+            "open"
+        } else {
+            "needs an API key"
+        },
+    );
     // One shutdown signal for both listeners.
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let metrics_server = match settings.metrics_addr {

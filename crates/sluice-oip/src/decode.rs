@@ -772,7 +772,9 @@ fn scan_floats(
         let c = bytes[i];
         match c {
             b' ' | b'\n' | b'\r' | b'\t' => i += 1,
-            b'[' if want_value => {
+            // Deeper nesting than any real tensor has is left to the general
+            // path, which refuses it past serde's recursion limit.
+            b'[' if want_value && depth < SCAN_MAX_DEPTH => {
                 depth += 1;
                 just_opened = true;
                 i += 1;
@@ -823,6 +825,10 @@ fn scan_floats(
     }
     None
 }
+
+/// The deepest nesting of `data` the fast path reads (tensors of rank up to
+/// this, nested one array per dimension).
+const SCAN_MAX_DEPTH: usize = 32;
 
 /// The length of the JSON number at the start of `b`
 /// (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`), or `None` if it is
@@ -1111,6 +1117,10 @@ mod tests {
                 "{text:?} should take the general path"
             );
         }
+        let deep = format!("{}1{}", "[".repeat(33), "]".repeat(33));
+        assert!(scan_floats(&deep, DataType::Fp32, 1, 1).is_none());
+        let ok = format!("{}1{}", "[".repeat(32), "]".repeat(32));
+        assert!(scan_floats(&ok, DataType::Fp32, 1, 1).is_some());
         // Only FP32 and FP64 take this path.
         assert!(scan_floats("[1]", DataType::Int32, 1, 1).is_none());
         assert!(scan_floats("[1]", DataType::Fp16, 1, 1).is_none());

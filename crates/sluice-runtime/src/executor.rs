@@ -918,12 +918,35 @@ impl ModelExecutor {
         self.queue.len()
     }
 
-    /// Validates the request against the signature, queues it, and awaits
-    /// the answer. `outputs` empty means every output, in graph order.
+    /// Validates the request against the signature, queues it (or runs it
+    /// inline, see the module docs), and awaits the answer. `outputs` empty
+    /// means every output, in graph order.
     pub async fn infer(
         &self,
         inputs: Vec<(String, Tensor)>,
         outputs: Vec<String>,
+    ) -> Result<InferOutput, InferError> {
+        self.infer_on(inputs, outputs, true).await
+    }
+
+    /// As [`infer`](Self::infer), but always through the queue, never on
+    /// the caller's thread: for shadow copies, which must not take the
+    /// async threads' time from primary requests. A full queue is refused
+    /// at once (`QueueFull`), so a slow shadow sheds copies instead of
+    /// piling them up.
+    pub async fn infer_queued(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Vec<String>,
+    ) -> Result<InferOutput, InferError> {
+        self.infer_on(inputs, outputs, false).await
+    }
+
+    async fn infer_on(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Vec<String>,
+        may_inline: bool,
     ) -> Result<InferOutput, InferError> {
         let started = Instant::now();
         if let Err(e) = self.signature.validate(
@@ -948,6 +971,7 @@ impl ModelExecutor {
         );
         let active = self.activity.enter();
         if let Some(pool) = &self.inline
+            && may_inline
             && active.idle
         {
             let elements: usize = inputs.iter().map(|(_, t)| t.len()).sum();

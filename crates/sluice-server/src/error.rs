@@ -34,6 +34,12 @@ pub enum ApiError {
     /// ONNX Runtime failed on a valid request. Not the client's fault.
     #[error("{0}")]
     Internal(String),
+    /// No key, or not a valid one: send `Authorization: Bearer <key>`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// This API is switched off (no keys configured for it).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -46,6 +52,8 @@ impl ApiError {
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -59,6 +67,7 @@ impl ApiError {
             ApiError::NotReady(_) => Outcome::NotReady,
             ApiError::Timeout(_) => Outcome::Timeout,
             ApiError::Internal(_) => Outcome::Runtime,
+            ApiError::Unauthorized(_) | ApiError::Forbidden(_) => Outcome::Unauthorized,
         }
     }
 }
@@ -72,6 +81,12 @@ impl IntoResponse for ApiError {
         let message = self.to_string();
         let body = serde_json::json!({ "error": message });
         let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         response.extensions_mut().insert(ErrorMessage(message));
         response
     }
@@ -107,6 +122,8 @@ impl From<ServingError> for ApiError {
             ServingError::UnknownModel(_) => ApiError::NotFound(message),
             ServingError::NotReady { .. } => ApiError::BadRequest(message),
             ServingError::Stopped => ApiError::NotReady(message),
+            ServingError::InvalidPolicy { .. } => ApiError::BadRequest(message),
+            ServingError::PolicyStore { .. } => ApiError::Internal(message),
         }
     }
 }
@@ -131,6 +148,8 @@ mod tests {
             (ApiError::NotReady(String::new()), 503),
             (ApiError::Timeout(String::new()), 504),
             (ApiError::Internal(String::new()), 500),
+            (ApiError::Unauthorized(String::new()), 401),
+            (ApiError::Forbidden(String::new()), 403),
         ];
         for (e, code) in cases {
             assert_eq!(e.status().as_u16(), code, "{e:?}");

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sluice_oip::{InferResponse, ResponseOutput};
+use sluice_rollout::routing::{self, Variant};
 use sluice_runtime::ModelExecutor;
 use sluice_serving::{ModelSnapshot, Snapshot, VersionState};
 use sluice_telemetry::Outcome;
@@ -28,12 +29,13 @@ use crate::triton;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const MODEL_VERSION: HeaderName = HeaderName::from_static("sluice-model-version");
 pub const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
+/// Asks for a side of a canary rollout (`stable` or `canary`) and, on the
+/// response, names the side that answered.
+pub const VARIANT: HeaderName = HeaderName::from_static("x-sluice-variant");
 
 pub fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
+    // Models and the repository: behind the API keys when there are any.
+    let protected = Router::new()
         .route("/v2/models/stats", get(all_stats))
         // Each model endpoint has a form with and without /versions/{version};
         // one handler serves both (ModelPath's version is None without it).
@@ -62,6 +64,16 @@ pub fn routes(state: AppState) -> Router {
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .merge(protected)
+        .merge(crate::admin::routes(state.clone()))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -73,6 +85,30 @@ pub fn routes(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// The inference API's key check, when keys are configured for it (an admin
+/// key is accepted too). Health, server metadata and metrics stay open, for
+/// probes and scrapers.
+async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let keys = &state.options.api_keys;
+    if keys.is_empty() {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    match keys.check(headers) {
+        Ok(_) => next.run(request).await,
+        Err(_) if state.options.admin_keys.check(headers).is_ok() => next.run(request).await,
+        Err(crate::auth::Denied::Missing | crate::auth::Denied::NotConfigured) => {
+            ApiError::Unauthorized(
+                "this server needs an API key: Authorization: Bearer <key>".into(),
+            )
+            .into_response()
+        }
+        Err(crate::auth::Denied::Wrong) => {
+            ApiError::Unauthorized("that is not an API key of this server".into()).into_response()
+        }
+    }
 }
 
 /// Outermost layer: every response carries the request's id, taken from the
@@ -142,6 +178,59 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// Finds the version that answers: the one named, or the model's default.
+/// A request's model, the version that answers it, and its side.
+type Routed = (Arc<ModelSnapshot>, Arc<ModelExecutor>, Option<Variant>);
+
+/// Which version answers an inference request, and on which side of the
+/// model's traffic policy: an explicit version in the URL; else the variant
+/// header (`x-sluice-variant`); else the policy's sticky header, hashed onto
+/// [0, 1) against the canary weight; else a random draw. `None` as variant
+/// for an explicit version that is neither the stable nor the canary one.
+fn route(
+    snapshot: &Snapshot,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Routed, ApiError> {
+    let (entry, executor) = resolve(snapshot, model, version)?;
+    let canary = entry.canary();
+    if version.is_some() {
+        let v = executor.version();
+        let variant = if canary.is_some_and(|(c, _)| c.version() == v) {
+            Some(Variant::Canary)
+        } else if entry.default_version().is_some_and(|d| d.version() == v) {
+            Some(Variant::Stable)
+        } else {
+            None
+        };
+        return Ok((entry, executor, variant));
+    }
+    let requested = match headers.get(&VARIANT) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(Variant::parse).ok_or_else(|| {
+            ApiError::BadRequest(
+                "x-sluice-variant must be 'stable' or 'canary' (or leave it out)".into(),
+            )
+        })?),
+    };
+    let Some((canary_executor, weight)) = canary else {
+        return Ok((entry, executor, Some(Variant::Stable)));
+    };
+    let sticky = entry
+        .policy
+        .as_ref()
+        .and_then(|p| p.sticky_header.as_deref())
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let (variant, _reason) = routing::choose(true, weight, requested, sticky, routing::random_unit);
+    let executor = match variant {
+        Variant::Canary => canary_executor.clone(),
+        Variant::Stable => executor,
+    };
+    Ok((entry, executor, Some(variant)))
+}
+
 fn resolve(
     snapshot: &Snapshot,
     model: &str,
@@ -467,18 +556,42 @@ async fn infer_inner(
 ) -> (Option<Arc<ModelExecutor>>, Result<Response, ApiError>) {
     // Route first: an unknown model is a 404 whatever the body holds. The
     // snapshot guard is dropped here, before any await.
-    let executor = match resolve(&state.manager.snapshot(), model, version) {
-        Ok((_, executor)) => executor,
-        Err(e) => return (None, Err(e)),
-    };
+    let (entry, executor, variant) =
+        match route(&state.manager.snapshot(), model, version, &headers) {
+            Ok(routed) => routed,
+            Err(e) => return (None, Err(e)),
+        };
+    // Shadow copies are decided now (a draw per shadow) and sent after the
+    // primary answered; the common case (no shadows) costs nothing more.
+    let shadows: Vec<Arc<ModelExecutor>> = entry
+        .shadows()
+        .filter(|(_, percent)| routing::sampled(*percent, routing::random_unit))
+        .map(|(e, _)| e.clone())
+        .collect();
+    let has_policy = entry.policy.is_some();
+    drop(entry);
     let _in_flight = InFlight::new(&executor);
-    let result = run_inference(state, &executor, headers, body).await;
+    let side = Side {
+        variant,
+        in_body: has_policy,
+    };
+    let result = run_inference(state, &executor, side, shadows, headers, body).await;
     (Some(executor), result)
+}
+
+/// The side of a rollout a request was routed to, and whether the response
+/// body names it too (models with a traffic policy).
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    variant: Option<Variant>,
+    in_body: bool,
 }
 
 async fn run_inference(
     state: &AppState,
     executor: &ModelExecutor,
+    side: Side,
+    shadows: Vec<Arc<ModelExecutor>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -519,11 +632,34 @@ async fn run_inference(
         Some(outputs) => outputs.iter().map(|o| o.name.clone()).collect(),
         None => Vec::new(),
     };
-    let inputs = std::mem::take(&mut request.inputs)
+    let inputs: Vec<(String, sluice_tensor::Tensor)> = std::mem::take(&mut request.inputs)
         .into_iter()
         .map(|named| (named.name, named.tensor))
         .collect();
+    // Tensors are reference-counted buffers: the copy for shadows shares them.
+    let shadow_copy = (!shadows.is_empty()).then(|| (inputs.clone(), names.clone()));
+    let primary_started = std::time::Instant::now();
     let result = executor.infer(inputs, names).await?;
+    if let Some((inputs, requested)) = shadow_copy {
+        let request_id = headers
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        crate::shadow::dispatch(
+            &state.shadows,
+            shadows,
+            crate::shadow::Primary {
+                version: executor.version(),
+                inputs,
+                requested,
+                outputs: result.outputs.clone(),
+                latency: primary_started.elapsed(),
+                request_id,
+                trace_id: telemetry::sampled_trace_id(),
+            },
+        );
+    }
     let encode_span = sluice_telemetry::child_span!(
         "sluice.encode",
         "sluice.model" = executor.model(),
@@ -541,12 +677,18 @@ async fn run_inference(
         })
         .collect();
     let version_text = executor.version().to_string();
+    // Only a model with a canary names the side in the body too.
+    let parameters = side.variant.filter(|_| side.in_body).map(|v| {
+        let mut p = serde_json::Map::new();
+        p.insert("variant".into(), Value::from(v.as_str()));
+        p
+    });
     // Chunks: the binary outputs go out as the buffers they already are.
     let encoded = sluice_oip::encode_infer_response_chunks(&InferResponse {
         model_name: executor.model(),
         model_version: &version_text,
         id: request.id.as_deref(),
-        parameters: None,
+        parameters: parameters.as_ref(),
         outputs,
     });
     let header_length = encoded.header_length;
@@ -559,6 +701,9 @@ async fn run_inference(
         MODEL_VERSION,
         HeaderValue::from_str(&version_text).expect("digits are a valid header value"),
     );
+    if let Some(v) = side.variant {
+        h.insert(VARIANT, HeaderValue::from_static(v.as_str()));
+    }
     match header_length {
         Some(n) => {
             h.insert(

@@ -16,9 +16,13 @@
 //!    queue on the version's executor (429 when full), await the answer.
 //! 6. encode and answer, naming the version that answered.
 
+mod admin;
+mod auth;
 mod body;
 mod error;
 mod handlers;
+mod rollout;
+mod shadow;
 mod telemetry;
 mod triton;
 
@@ -34,6 +38,7 @@ use sluice_serving::ModelManager;
 use sluice_telemetry::Metrics;
 use tokio::net::TcpListener;
 
+pub use auth::KeySet;
 pub use error::ApiError;
 
 /// Settings of the HTTP server itself (per-model settings live in each
@@ -51,6 +56,17 @@ pub struct HttpOptions {
     /// a caller's decision that are traced. `None`: no request is traced
     /// (requests still get trace ids for their logs and responses).
     pub trace_sample_ratio: Option<f64>,
+    /// Keys of the admin API (`/admin/...`). Empty: the admin API refuses
+    /// every call (403).
+    pub admin_keys: KeySet,
+    /// Keys the inference API (`/v2/models/...`, `/v2/repository/...`)
+    /// requires. Empty: it is open.
+    pub api_keys: KeySet,
+    /// Shadow copies in flight per shadow version; more are dropped (and
+    /// counted), so a slow shadow never builds a backlog.
+    pub shadow_queue: usize,
+    /// The most different (primary, shadow) pairs kept per shadow version.
+    pub shadow_diffs_kept: usize,
 }
 
 impl Default for HttpOptions {
@@ -60,6 +76,10 @@ impl Default for HttpOptions {
             shutdown_grace: Duration::from_secs(10),
             metrics: None,
             trace_sample_ratio: None,
+            admin_keys: KeySet::default(),
+            api_keys: KeySet::default(),
+            shadow_queue: 64,
+            shadow_diffs_kept: 20,
         }
     }
 }
@@ -69,14 +89,23 @@ impl Default for HttpOptions {
 pub(crate) struct AppState {
     pub manager: ModelManager,
     pub options: Arc<HttpOptions>,
+    pub shadows: Arc<shadow::ShadowBook>,
+    pub rollouts: Arc<rollout::Rollouts>,
 }
 
 /// The axum router with every endpoint; exposed for tests that drive it
 /// without a socket.
 pub fn router(manager: ModelManager, options: HttpOptions) -> axum::Router {
+    let shadows = Arc::new(shadow::ShadowBook::new(
+        options.metrics.clone(),
+        options.shadow_queue,
+        options.shadow_diffs_kept,
+    ));
     handlers::routes(AppState {
         manager,
         options: Arc::new(options),
+        shadows,
+        rollouts: Arc::default(),
     })
 }
 

@@ -13,9 +13,17 @@
 //! `Arc<ModelExecutor>` finish, and when the last one drops its workers exit.
 //! A version that fails to load is recorded with its reason in the repository
 //! index, and the versions serving before keep serving.
+//!
+//! A model's traffic policy (`policy.toml` beside its `model.toml`: stable,
+//! canary and shadow versions) is read on every reconcile and put in the
+//! snapshot only when it checks out whole against the versions loaded
+//! ([`policy::validate`]); otherwise the policy in effect stays, and the
+//! reason is kept in the snapshot. Changing it through the manager writes
+//! the file (so every replica on the registry converges) and reconciles.
 
 mod manager;
+pub mod policy;
 mod snapshot;
 
-pub use manager::{ManagerOptions, ModelManager, ServingError};
+pub use manager::{ManagerOptions, ModelManager, PolicyChange, ServingError};
 pub use snapshot::{IndexEntry, ModelSnapshot, Snapshot, VersionState};

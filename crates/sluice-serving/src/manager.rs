@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_registry::{Fingerprint, ModelConfig, Repository, Verification, VersionEntry};
+use sluice_rollout::policy::TrafficPolicy;
 use sluice_runtime::{ModelExecutor, OrtRuntime, SessionOptions};
 use sluice_telemetry::{LiveState, Metrics, VersionMetrics};
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +23,20 @@ pub enum ServingError {
     NotReady { model: String, reason: String },
     #[error("the model manager has stopped")]
     Stopped,
+    /// The policy does not check out against what is loaded.
+    #[error("traffic policy of model '{model}' refused: {reason}")]
+    InvalidPolicy { model: String, reason: String },
+    /// The policy could not be written to the registry.
+    #[error("cannot store the traffic policy of model '{model}': {reason}")]
+    PolicyStore { model: String, reason: String },
+}
+
+/// A traffic policy change that took effect.
+#[derive(Debug, Clone)]
+pub struct PolicyChange {
+    /// The policy in effect before (`None`: none, the highest version served).
+    pub before: Option<TrafficPolicy>,
+    pub after: TrafficPolicy,
 }
 
 /// How the manager runs.
@@ -43,6 +58,11 @@ enum Command {
     Reconcile(oneshot::Sender<()>),
     Load(String, oneshot::Sender<Result<(), ServingError>>),
     Unload(String, oneshot::Sender<Result<(), ServingError>>),
+    SetPolicy(
+        String,
+        Box<TrafficPolicy>,
+        oneshot::Sender<Result<PolicyChange, ServingError>>,
+    ),
 }
 
 /// Handle to the reconcile task and its routing snapshot. Cheap to clone.
@@ -87,6 +107,7 @@ impl ModelManager {
             failed: HashMap::new(),
             unloaded: HashSet::new(),
             draining: Vec::new(),
+            policies: HashMap::new(),
             initialised: false,
         };
         tokio::spawn(task.run(rx));
@@ -136,6 +157,19 @@ impl ModelManager {
         self.ask(|tx| Command::Unload(model.to_string(), tx))
             .await?
     }
+
+    /// Puts `policy` in effect for `model`: checked whole against the
+    /// versions loaded now, written to the registry (`policy.toml`, atomically,
+    /// so replicas sharing it converge), and swapped into the snapshot. The
+    /// next request routes by it.
+    pub async fn set_policy(
+        &self,
+        model: &str,
+        policy: TrafficPolicy,
+    ) -> Result<PolicyChange, ServingError> {
+        self.ask(|tx| Command::SetPolicy(model.to_string(), Box::new(policy), tx))
+            .await?
+    }
 }
 
 /// A version that is loaded, with the files it was loaded from.
@@ -158,6 +192,9 @@ struct Reconciler {
     unloaded: HashSet<String>,
     /// Versions taken out of routing whose in-flight requests may still run.
     draining: Vec<(String, u64, Weak<ModelExecutor>)>,
+    /// The policy in effect per model, and the last policy error logged (to
+    /// log each problem once, not on every rescan).
+    policies: HashMap<String, (Option<Arc<TrafficPolicy>>, Option<String>)>,
     initialised: bool,
 }
 
@@ -217,6 +254,10 @@ impl Reconciler {
                         self.failed.retain(|(m, _), _| *m != model);
                         self.reconcile().await;
                         let _ = reply.send(self.readiness(&model));
+                    }
+                    Some(Command::SetPolicy(model, policy, reply)) => {
+                        let result = self.set_policy(&model, *policy).await;
+                        let _ = reply.send(result);
                     }
                     Some(Command::Unload(model, reply)) => {
                         let known = self.snapshot.load().knows(&model);
@@ -309,12 +350,15 @@ impl Reconciler {
                 .get(name)
                 .map(|l| l.iter().map(|(v, l)| (*v, l.executor.clone())).collect())
                 .unwrap_or_default();
+            let (policy, policy_error) = self.resolve_policy(name, &versions);
             models.insert(
                 name.clone(),
                 Arc::new(ModelSnapshot {
                     name: name.clone(),
                     config,
                     versions,
+                    policy,
+                    policy_error,
                 }),
             );
         }
@@ -602,6 +646,99 @@ impl Reconciler {
         }
     }
 
+    /// The policy to put in the snapshot for `name`: its `policy.toml` when
+    /// that checks out against `versions`; otherwise the policy in effect
+    /// before, if it still does, with the reason the file was refused.
+    fn resolve_policy(
+        &mut self,
+        name: &str,
+        versions: &BTreeMap<u64, Arc<ModelExecutor>>,
+    ) -> (Option<Arc<TrafficPolicy>>, Option<String>) {
+        let (previous, logged) = self.policies.remove(name).unwrap_or((None, None));
+        let from_file = sluice_rollout::policy::load(&self.repo.model_dir(name))
+            .map_err(|e| e.to_string())
+            .and_then(|p| match p {
+                None => Ok(None),
+                Some(p) => crate::policy::validate(&p, versions).map(|()| Some(p)),
+            });
+        let (policy, error) = match from_file {
+            Ok(None) => (None, None),
+            Ok(Some(p)) => match &previous {
+                Some(prev) if **prev == p => (previous.clone(), None),
+                _ => {
+                    tracing::info!(model = %name, policy = %serde_json::to_string(&p).unwrap_or_default(), "traffic policy in effect");
+                    (Some(Arc::new(p)), None)
+                }
+            },
+            Err(reason) => {
+                let kept = previous.filter(|p| crate::policy::validate(p, versions).is_ok());
+                if logged.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(
+                        model = %name,
+                        error = %reason,
+                        kept = kept.is_some(),
+                        "traffic policy not applied; the policy in effect before stays"
+                    );
+                }
+                (kept, Some(reason))
+            }
+        };
+        self.policies
+            .insert(name.to_string(), (policy.clone(), error.clone()));
+        (policy, error)
+    }
+
+    /// Checks, stores and applies a policy (see [`ModelManager::set_policy`]).
+    async fn set_policy(
+        &mut self,
+        model: &str,
+        policy: TrafficPolicy,
+    ) -> Result<PolicyChange, ServingError> {
+        let invalid = |reason: String| ServingError::InvalidPolicy {
+            model: model.to_string(),
+            reason,
+        };
+        let snapshot = self.snapshot.load_full();
+        let Some(current) = snapshot.model(model) else {
+            return Err(if snapshot.knows(model) {
+                ServingError::NotReady {
+                    model: model.to_string(),
+                    reason: snapshot.why_not_ready(model),
+                }
+            } else {
+                ServingError::UnknownModel(model.to_string())
+            });
+        };
+        crate::policy::validate(&policy, &current.versions).map_err(invalid)?;
+        let before = current.policy.as_deref().cloned();
+        sluice_rollout::policy::store(&self.repo.model_dir(model), &policy).map_err(|e| {
+            ServingError::PolicyStore {
+                model: model.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        self.reconcile().await;
+        let applied = self
+            .snapshot
+            .load()
+            .model(model)
+            .and_then(|m| m.policy.as_deref().cloned());
+        match applied {
+            Some(p) if p == policy => Ok(PolicyChange {
+                before,
+                after: policy,
+            }),
+            // A version went away between the check and the reconcile.
+            _ => Err(invalid(
+                self.snapshot
+                    .load()
+                    .model(model)
+                    .and_then(|m| m.policy_error.clone())
+                    .unwrap_or_else(|| "the repository changed while applying it".into()),
+            )),
+        }
+    }
+
     /// Takes a version out of routing (the caller leaves it out of the next
     /// snapshot); requests holding it finish before its sessions drop.
     fn retire(&mut self, name: &str, loaded: Loaded) {
@@ -674,6 +811,31 @@ fn live_state(snapshot: &Snapshot) -> LiveState {
     }
     state.versions_loaded.sort();
     state.queues.sort();
+    for (name, model) in &snapshot.models {
+        let Some(policy) = &model.policy else {
+            continue;
+        };
+        let canary = model.canary().map(|(e, w)| (e.version(), w));
+        if let Some(stable) = model.default_version() {
+            let share = 1.0 - canary.map_or(0.0, |(_, w)| w);
+            let v = stable.version().to_string();
+            state.traffic.push((name.clone(), v, "stable", share));
+        }
+        if let Some((v, w)) = canary {
+            state
+                .traffic
+                .push((name.clone(), v.to_string(), "canary", w));
+        }
+        for shadow in &policy.shadows {
+            let v = shadow.version.to_string();
+            state
+                .traffic
+                .push((name.clone(), v, "shadow", shadow.percent / 100.0));
+        }
+    }
+    state
+        .traffic
+        .sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     state
 }
 

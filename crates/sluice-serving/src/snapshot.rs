@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use sluice_registry::ModelConfig;
+use sluice_rollout::policy::TrafficPolicy;
 use sluice_runtime::ModelExecutor;
 
 /// The state of one version, as the repository index reports it (Triton's
@@ -40,12 +41,36 @@ pub struct ModelSnapshot {
     pub config: ModelConfig,
     /// Ready versions only: everything here can answer now.
     pub versions: BTreeMap<u64, Arc<ModelExecutor>>,
+    /// The traffic policy in effect: every version it names is in
+    /// `versions` (checked before it was put here).
+    pub policy: Option<Arc<TrafficPolicy>>,
+    /// Why the model's policy file is not (or no longer) in effect.
+    pub policy_error: Option<String>,
 }
 
 impl ModelSnapshot {
-    /// The version a request without one goes to: the highest ready version.
+    /// The version a request without one goes to: the policy's stable
+    /// version, else the highest ready version.
     pub fn default_version(&self) -> Option<&Arc<ModelExecutor>> {
-        self.versions.values().next_back()
+        self.policy
+            .as_ref()
+            .and_then(|p| p.stable)
+            .and_then(|v| self.versions.get(&v))
+            .or_else(|| self.versions.values().next_back())
+    }
+
+    /// The canary version and its weight, when the policy has one.
+    pub fn canary(&self) -> Option<(&Arc<ModelExecutor>, f64)> {
+        let canary = self.policy.as_ref()?.canary.as_ref()?;
+        Some((self.versions.get(&canary.version)?, canary.weight))
+    }
+
+    /// The shadow versions and the percentage of requests each gets a copy of.
+    pub fn shadows(&self) -> impl Iterator<Item = (&Arc<ModelExecutor>, f64)> {
+        self.policy
+            .iter()
+            .flat_map(|p| p.shadows.iter())
+            .filter_map(|s| Some((self.versions.get(&s.version)?, s.percent)))
     }
 }
 

@@ -225,6 +225,28 @@ pub fn encode(metrics: &Metrics, format: Format) -> String {
     }
     counters(&metrics.spans_exported, format, &mut out);
     histograms(&metrics.http_duration, format, &mut out);
+    header(
+        "sluice_traffic_weight",
+        "Share of a model's traffic a version gets by its traffic policy, read at scrape time.",
+        Kind::Gauge,
+        format,
+        &mut out,
+    );
+    for (model, version, role, share) in &live.traffic {
+        sample(
+            "sluice_traffic_weight",
+            &["model", "version", "role"],
+            &[model.clone(), version.clone(), role.to_string()],
+            *share,
+            &mut out,
+        );
+    }
+    counters(&metrics.shadow_requests, format, &mut out);
+    counters(&metrics.shadow_comparisons, format, &mut out);
+    histograms(&metrics.shadow_abs_diff, format, &mut out);
+    histograms(&metrics.shadow_rel_diff, format, &mut out);
+    histograms(&metrics.shadow_latency_diff, format, &mut out);
+    counters(&metrics.rollout_decisions, format, &mut out);
     if format == Format::OpenMetrics {
         out.push_str("# EOF\n");
     }
@@ -248,6 +270,7 @@ mod tests {
         m.set_live_source(|| LiveState {
             queues: vec![("iris".into(), "1".into(), 3)],
             versions_loaded: vec![("iris".into(), 2)],
+            traffic: vec![("iris".into(), "2".into(), "canary", 0.25)],
         });
         let text = encode(&m, Format::Prometheus);
         assert!(
@@ -261,6 +284,9 @@ mod tests {
             "sluice_request_duration_seconds_bucket{model=\"ir\\\"is\",version=\"1\",protocol=\"http\",outcome=\"success\",le=\"0.000032\"} 1\n"
         ), "{text}");
         assert!(text.contains("le=\"+Inf\"} 1\n"));
+        assert!(text.contains(
+            "sluice_traffic_weight{model=\"iris\",version=\"2\",role=\"canary\"} 0.25\n"
+        ));
         assert!(text.contains("sluice_queue_depth{model=\"iris\",version=\"1\"} 3\n"));
         assert!(text.contains("sluice_model_versions_loaded{model=\"iris\"} 2\n"));
         assert!(!text.contains("# EOF"));

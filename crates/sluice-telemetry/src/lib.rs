@@ -14,4 +14,7 @@ pub mod metrics;
 pub mod trace;
 
 pub use exposition::{Format, encode};
-pub use metrics::{LiveState, Metrics, Outcome, VersionMetrics, record_unrouted};
+pub use metrics::{
+    LiveState, Metrics, Outcome, RequestTotals, ShadowMetrics, ShadowOutcome, VersionMetrics,
+    record_unrouted,
+};

@@ -67,6 +67,18 @@ pub const LATENCY_BUCKETS: [f64; 23] = {
     b
 };
 
+/// Differences between a shadow's outputs and the primary's (absolute or
+/// relative): exact, then each decade from 1e-9 to 10.
+pub const DIFF_BUCKETS: [f64; 12] = [
+    0.0, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0,
+];
+
+/// A shadow's latency minus the primary's, in seconds: symmetric around 0,
+/// each decade from 100 µs to 1 s on either side.
+pub const LATENCY_DIFF_BUCKETS: [f64; 11] = [
+    -1.0, -0.1, -0.01, -0.001, -0.0001, 0.0, 0.0001, 0.001, 0.01, 0.1, 1.0,
+];
+
 /// Batch-size buckets: 1, 2, 4, ... 4096.
 pub const BATCH_BUCKETS: [f64; 13] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
@@ -173,6 +185,19 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// The upper bounds and the per-bucket (not cumulative) counts, the last
+    /// being the +Inf bucket: what a window's quantile is computed from, by
+    /// subtracting the counts at its start from those at its end.
+    pub fn bucket_counts(&self) -> (&'static [f64], Vec<u64>) {
+        (
+            self.bounds,
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        )
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {

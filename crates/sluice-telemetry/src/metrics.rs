@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::metric::{BATCH_BUCKETS, Counter, Gauge, Histogram, LATENCY_BUCKETS};
+use crate::metric::{
+    BATCH_BUCKETS, Counter, DIFF_BUCKETS, Gauge, Histogram, LATENCY_BUCKETS, LATENCY_DIFF_BUCKETS,
+};
 
 /// How a request ended: the `outcome` label of `sluice_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,10 +22,11 @@ pub enum Outcome {
     NotReady,
     Timeout,
     Runtime,
+    Unauthorized,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Success,
         Outcome::Validation,
         Outcome::NotFound,
@@ -32,6 +35,7 @@ impl Outcome {
         Outcome::NotReady,
         Outcome::Timeout,
         Outcome::Runtime,
+        Outcome::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Outcome {
             Outcome::NotReady => "not_ready",
             Outcome::Timeout => "timeout",
             Outcome::Runtime => "runtime",
+            Outcome::Unauthorized => "unauthorized",
         }
     }
 
@@ -209,6 +214,9 @@ pub struct LiveState {
     pub queues: Vec<(String, String, usize)>,
     /// (model, ready versions), for every model in the repository.
     pub versions_loaded: Vec<(String, usize)>,
+    /// (model, version, role, share of traffic in [0, 1]) for every version
+    /// a traffic policy names: role `stable`, `canary` or `shadow`.
+    pub traffic: Vec<(String, String, &'static str, f64)>,
 }
 
 type LiveSource = Box<dyn Fn() -> LiveState + Send + Sync>;
@@ -227,6 +235,12 @@ pub struct Metrics {
     pub loads: Family<Counter>,
     pub spans_exported: Family<Counter>,
     pub http_duration: Family<Histogram>,
+    pub shadow_requests: Family<Counter>,
+    pub shadow_comparisons: Family<Counter>,
+    pub shadow_abs_diff: Family<Histogram>,
+    pub shadow_rel_diff: Family<Histogram>,
+    pub shadow_latency_diff: Family<Histogram>,
+    pub rollout_decisions: Family<Counter>,
     live: ArcSwapOption<LiveSource>,
 }
 
@@ -333,6 +347,42 @@ impl Metrics {
                 HTTP_LABELS,
                 latency,
             ),
+            shadow_requests: Family::new(
+                "sluice_shadow_requests_total",
+                "Copies of requests sent to a shadow version, by outcome.",
+                &["model", "version", "outcome"],
+                Counter::default,
+            ),
+            shadow_comparisons: Family::new(
+                "sluice_shadow_comparisons_total",
+                "Shadow answers compared with the primary's, by agreement.",
+                &["model", "version", "agreement"],
+                Counter::default,
+            ),
+            shadow_abs_diff: Family::new(
+                "sluice_shadow_max_abs_difference",
+                "Largest absolute difference between a shadow's float outputs and the primary's, per compared request.",
+                VERSION_LABELS,
+                || Histogram::new(&DIFF_BUCKETS),
+            ),
+            shadow_rel_diff: Family::new(
+                "sluice_shadow_max_relative_difference",
+                "Largest relative difference between a shadow's float outputs and the primary's, per compared request.",
+                VERSION_LABELS,
+                || Histogram::new(&DIFF_BUCKETS),
+            ),
+            shadow_latency_diff: Family::new(
+                "sluice_shadow_latency_difference_seconds",
+                "A shadow's inference time minus the primary's, per compared request.",
+                VERSION_LABELS,
+                || Histogram::new(&LATENCY_DIFF_BUCKETS),
+            ),
+            rollout_decisions: Family::new(
+                "sluice_rollout_decisions_total",
+                "Decisions of the progressive rollout controller.",
+                &["model", "decision"],
+                Counter::default,
+            ),
             live: ArcSwapOption::empty(),
         }
     }
@@ -351,6 +401,11 @@ impl Metrics {
             + self.compute_output.remove_where(&labels)
             + self.batch_size.remove_where(&labels)
             + self.in_flight.remove_where(&labels)
+            + self.shadow_requests.remove_where(&labels)
+            + self.shadow_comparisons.remove_where(&labels)
+            + self.shadow_abs_diff.remove_where(&labels)
+            + self.shadow_rel_diff.remove_where(&labels)
+            + self.shadow_latency_diff.remove_where(&labels)
     }
 
     /// Sets where the scrape-time gauges come from (the model manager).
@@ -413,6 +468,112 @@ impl VersionMetrics {
     pub fn record_request(&self, outcome: Outcome, seconds: f64, trace_id: Option<String>) {
         self.requests[outcome.index()].inc();
         self.durations[outcome.index()].observe_with_exemplar(seconds, trace_id);
+    }
+}
+
+/// What a version answered so far, for the rollout controller's windows
+/// (it subtracts one reading from the next).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestTotals {
+    pub requests: u64,
+    /// Requests that failed on the server's side: runtime errors, timeouts,
+    /// overload and not ready. Client errors (400, 404, 413) are not the
+    /// version's fault and do not count.
+    pub errors: u64,
+    /// Upper bounds of the latency buckets.
+    pub latency_bounds: &'static [f64],
+    /// Latencies of successful requests, per bucket (not cumulative; the
+    /// last is +Inf).
+    pub latency_buckets: Vec<u64>,
+}
+
+impl VersionMetrics {
+    /// The counts so far of this version's answered requests.
+    pub fn totals(&self) -> RequestTotals {
+        let mut requests = 0;
+        let mut errors = 0;
+        for outcome in Outcome::ALL {
+            let n = self.requests[outcome.index()].get();
+            requests += n;
+            if matches!(
+                outcome,
+                Outcome::Runtime | Outcome::Timeout | Outcome::Overloaded | Outcome::NotReady
+            ) {
+                errors += n;
+            }
+        }
+        let (latency_bounds, latency_buckets) =
+            self.durations[Outcome::Success.index()].bucket_counts();
+        RequestTotals {
+            requests,
+            errors,
+            latency_bounds,
+            latency_buckets,
+        }
+    }
+}
+
+/// The handles of one shadow version's comparison metrics. Resolved off the
+/// request path (in the task that runs the shadow copy).
+#[derive(Debug, Clone)]
+pub struct ShadowMetrics {
+    compared: Arc<Counter>,
+    failed: Arc<Counter>,
+    dropped: Arc<Counter>,
+    agree: Arc<Counter>,
+    disagree: Arc<Counter>,
+    pub abs_diff: Arc<Histogram>,
+    pub rel_diff: Arc<Histogram>,
+    pub latency_diff: Arc<Histogram>,
+}
+
+/// How a copy of a request sent to a shadow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowOutcome {
+    /// It ran and its outputs were compared with the primary's.
+    Compared { agree: bool },
+    /// The shadow version failed it.
+    Failed,
+    /// Not run: the shadow's queue was full, or the version was gone.
+    Dropped,
+}
+
+impl ShadowMetrics {
+    pub fn new(metrics: &Metrics, model: &str, version: u64) -> ShadowMetrics {
+        let v = version.to_string();
+        let labels = [model, v.as_str()];
+        let outcome = |o: &str| metrics.shadow_requests.get(&[model, &v, o]);
+        let agreement = |a: &str| metrics.shadow_comparisons.get(&[model, &v, a]);
+        ShadowMetrics {
+            compared: outcome("compared"),
+            failed: outcome("failed"),
+            dropped: outcome("dropped"),
+            agree: agreement("agree"),
+            disagree: agreement("disagree"),
+            abs_diff: metrics.shadow_abs_diff.get(&labels),
+            rel_diff: metrics.shadow_rel_diff.get(&labels),
+            latency_diff: metrics.shadow_latency_diff.get(&labels),
+        }
+    }
+
+    pub fn record(&self, outcome: ShadowOutcome) {
+        match outcome {
+            ShadowOutcome::Compared { agree } => {
+                self.compared.inc();
+                if agree {
+                    self.agree.inc();
+                } else {
+                    self.disagree.inc();
+                }
+            }
+            ShadowOutcome::Failed => self.failed.inc(),
+            ShadowOutcome::Dropped => self.dropped.inc(),
+        }
+    }
+
+    /// (agreeing, compared) so far: the rollout controller's agreement gate.
+    pub fn agreement(&self) -> (u64, u64) {
+        (self.agree.get(), self.agree.get() + self.disagree.get())
     }
 }
 

@@ -1,0 +1,179 @@
+//! Shadow traffic: after the primary has answered, a sampled copy of the
+//! request runs on each shadow version, and its outputs are compared with the
+//! primary's.
+//!
+//! Isolation from the primary, by construction:
+//! - the copy is decided before the primary runs but sent only after it
+//!   answered, from a task of its own; the response does not wait for it;
+//! - it runs on the shadow version's own executor (its sessions and worker
+//!   threads: a separate compute budget), always through its queue, never
+//!   inline on the async threads ([`ModelExecutor::infer_queued`]);
+//! - at most `shadow_queue` copies per shadow version are in flight; one
+//!   more, or a full executor queue, is dropped and counted, never waited for.
+//!
+//! Comparison results go to the `sluice_shadow_*` metrics and, for the most
+//! different pairs, to a bounded sample per shadow version
+//! (`GET /admin/models/{m}/shadow/{v}/diffs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_rollout::compare::{self, Tolerance};
+use sluice_rollout::diffs::{self, DiffSample, DiffStore};
+use sluice_runtime::{InferError, ModelExecutor};
+use sluice_telemetry::{Metrics, ShadowMetrics, ShadowOutcome};
+use sluice_tensor::Tensor;
+
+/// Elements of each tensor kept in a diff sample.
+const PREVIEW_ELEMENTS: usize = 32;
+
+/// What one shadow version has accumulated.
+pub struct ShadowState {
+    pub diffs: DiffStore,
+    metrics: Option<ShadowMetrics>,
+    in_flight: AtomicUsize,
+}
+
+impl ShadowState {
+    /// (agreeing, compared) comparisons so far, when metrics are on.
+    pub fn agreement(&self) -> Option<(u64, u64)> {
+        self.metrics.as_ref().map(ShadowMetrics::agreement)
+    }
+}
+
+/// Every shadow version's state, by (model, version). Looked up only from
+/// shadow tasks and admin requests, never on a primary request's path.
+pub struct ShadowBook {
+    states: Mutex<HashMap<(String, u64), Arc<ShadowState>>>,
+    metrics: Option<Arc<Metrics>>,
+    /// Copies in flight per shadow version before more are dropped.
+    capacity: usize,
+    /// Pairs kept per shadow version.
+    keep: usize,
+}
+
+impl ShadowBook {
+    pub fn new(metrics: Option<Arc<Metrics>>, capacity: usize, keep: usize) -> ShadowBook {
+        ShadowBook {
+            states: Mutex::new(HashMap::new()),
+            metrics,
+            capacity: capacity.max(1),
+            keep: keep.max(1),
+        }
+    }
+
+    /// The state of a shadow version, made on first use.
+    pub fn state(&self, model: &str, version: u64) -> Arc<ShadowState> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states
+            .entry((model.to_string(), version))
+            .or_insert_with(|| {
+                Arc::new(ShadowState {
+                    diffs: DiffStore::new(self.keep),
+                    metrics: self
+                        .metrics
+                        .as_ref()
+                        .map(|m| ShadowMetrics::new(m, model, version)),
+                    in_flight: AtomicUsize::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// The state of a shadow version if it ever received a copy.
+    pub fn existing(&self, model: &str, version: u64) -> Option<Arc<ShadowState>> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.get(&(model.to_string(), version)).cloned()
+    }
+}
+
+/// The primary's side of one shadowed request.
+pub struct Primary {
+    pub version: u64,
+    pub inputs: Vec<(String, Tensor)>,
+    pub requested: Vec<String>,
+    pub outputs: Vec<(String, Tensor)>,
+    pub latency: Duration,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+}
+
+/// Sends a copy of the primary's request to each shadow, each in a task of
+/// its own; returns at once.
+pub fn dispatch(book: &Arc<ShadowBook>, shadows: Vec<Arc<ModelExecutor>>, primary: Primary) {
+    let primary = Arc::new(primary);
+    for shadow in shadows {
+        let book = book.clone();
+        let primary = primary.clone();
+        tokio::spawn(async move { run(&book, &shadow, &primary).await });
+    }
+}
+
+async fn run(book: &ShadowBook, shadow: &ModelExecutor, primary: &Primary) {
+    let state = book.state(shadow.model(), shadow.version());
+    let record = |outcome| {
+        if let Some(m) = &state.metrics {
+            m.record(outcome);
+        }
+    };
+    if state.in_flight.fetch_add(1, Ordering::Relaxed) >= book.capacity {
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        record(ShadowOutcome::Dropped);
+        return;
+    }
+    let started = Instant::now();
+    let result = shadow
+        .infer_queued(primary.inputs.clone(), primary.requested.clone())
+        .await;
+    let latency = started.elapsed();
+    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let output = match result {
+        Ok(output) => output,
+        Err(InferError::QueueFull { .. } | InferError::Stopped { .. }) => {
+            record(ShadowOutcome::Dropped);
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(model = shadow.model(), version = shadow.version(), error = %e, "shadow copy failed");
+            record(ShadowOutcome::Failed);
+            return;
+        }
+    };
+    let comparison = compare::compare(&primary.outputs, &output.outputs, Tolerance::default());
+    record(ShadowOutcome::Compared {
+        agree: comparison.agree,
+    });
+    let latency_diff = latency.as_secs_f64() - primary.latency.as_secs_f64();
+    if let Some(m) = &state.metrics {
+        m.abs_diff.observe(comparison.max_abs());
+        m.rel_diff.observe(comparison.max_rel());
+        m.latency_diff.observe(latency_diff);
+    }
+    let score = comparison.score();
+    if !state.diffs.would_keep(score) {
+        return;
+    }
+    let preview = |tensors: &[(String, Tensor)]| {
+        tensors
+            .iter()
+            .map(|(name, t)| diffs::tensor_preview(name, t, PREVIEW_ELEMENTS))
+            .collect()
+    };
+    state.diffs.offer(DiffSample {
+        time: sluice_rollout::audit::format_time(std::time::SystemTime::now()),
+        request_id: primary.request_id.clone(),
+        trace_id: primary.trace_id.clone(),
+        score,
+        agree: comparison.agree,
+        primary_version: primary.version,
+        shadow_version: shadow.version(),
+        primary_latency_us: primary.latency.as_micros() as u64,
+        shadow_latency_us: latency.as_micros() as u64,
+        outputs: comparison.outputs.iter().map(diffs::output_json).collect(),
+        inputs: preview(&primary.inputs),
+        primary_outputs: preview(&primary.outputs),
+        shadow_outputs: preview(&output.outputs),
+    });
+}

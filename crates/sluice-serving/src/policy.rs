@@ -1,0 +1,58 @@
+//! Traffic policies as the serving side applies them: a policy file is only
+//! put in effect once every version it names is loaded and compatible with
+//! the stable one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sluice_rollout::policy::TrafficPolicy;
+use sluice_runtime::ModelExecutor;
+
+/// Checks `policy` whole against the versions that are ready now: its own
+/// rules (weights in range, no version in two roles), every version it names
+/// loaded, and the canary's and shadows' signatures compatible with the
+/// stable version's (a caller pinned to either side must get an answer of
+/// the same form). The first problem found, worded for the user.
+pub fn validate(
+    policy: &TrafficPolicy,
+    versions: &BTreeMap<u64, Arc<ModelExecutor>>,
+) -> Result<(), String> {
+    policy.check().map_err(|e| e.to_string())?;
+    for v in policy.versions() {
+        if !versions.contains_key(&v) {
+            let ready: Vec<String> = versions.keys().map(u64::to_string).collect();
+            return Err(format!(
+                "version {v} is not loaded (ready: {})",
+                if ready.is_empty() {
+                    "none".to_string()
+                } else {
+                    ready.join(", ")
+                }
+            ));
+        }
+    }
+    let stable = match policy.stable {
+        Some(v) => versions.get(&v),
+        None => versions.values().next_back(),
+    };
+    let Some(stable) = stable else {
+        return Err("the model has no ready version".into());
+    };
+    let others = policy
+        .canary
+        .iter()
+        .map(|c| ("canary", c.version))
+        .chain(policy.shadows.iter().map(|s| ("shadow", s.version)));
+    for (role, v) in others {
+        let Some(other) = versions.get(&v) else {
+            continue;
+        };
+        if let Some(why) = stable.signature().incompatibility(other.signature()) {
+            return Err(format!(
+                "{role} version {v} is not compatible with stable version {}: {why}",
+                stable.version()
+            ));
+        }
+    }
+    Ok(())
+}
