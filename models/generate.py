@@ -18,7 +18,8 @@ Two trees are written, both in the Triton layout ``<root>/<model>/<version>/mode
 * ``models/``                 demo models: ``iris`` (versions 1 and 2), ``mixed``, ``text``, ``mlp``
 * ``tests/fixtures/models/``  fixtures the project's tests use: ``identity_<dt>`` for every
                               datatype, ``add_sub``, ``fixed_shape``, ``scale`` (1, 2, 3),
-                              ``scale_other_sig``; plus ``tests/fixtures/corrupt.onnx``
+                              ``scale_other_sig``, ``scale_slow``, ``scale_failing``; plus
+                              ``tests/fixtures/corrupt.onnx``
 
 The module is importable (tests add ``models/`` to ``sys.path``); the public helpers are
 ``write_scale_model(path, k)``, ``write_identity_model(path, dtype)`` (dtype: an OIP name such
@@ -179,6 +180,53 @@ def write_scale_model(path, k: float, input_name: str = "x", output_name: str = 
     return _save(_model(graph, f"{output_name} = {input_name} * {float(k)!r}"), path)
 
 
+def write_slow_scale_model(path, width: int = 256, depth: int = 1000) -> Path:
+    """x FP32 [batch, 4] -> y FP32 [batch, 4] = x, the slow way: x is padded to
+    `width` columns, multiplied `depth` times by the identity matrix and cut
+    back to 4 columns. Same signature and answers as scale v1, but each row
+    costs depth * width^2 multiply-adds (65 M by default: milliseconds):
+    the slow shadow or canary of the rollout tests."""
+    pad = np.zeros((4, width), dtype=np.float32)
+    pad[:, :4] = np.eye(4, dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "pad"], ["h0"])]
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "eye"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("MatMul", [f"h{depth}", "cut"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "scale_slow",
+        [_io("x", TensorProto.FLOAT, ["batch", 4])],
+        [_io("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[
+            numpy_helper.from_array(pad, "pad"),
+            numpy_helper.from_array(np.eye(width, dtype=np.float32), "eye"),
+            numpy_helper.from_array(pad.T.copy(), "cut"),
+        ],
+    )
+    return _save(_model(graph, f"y = x, through {depth} {width}x{width} identity products"), path)
+
+
+def write_failing_scale_model(path) -> Path:
+    """x FP32 [batch, 4] -> y FP32 [batch, 4] = x, through a reshape to 3 rows:
+    it fails in ONNX Runtime unless the batch is a multiple of 3. Signature-
+    compatible with scale: the failing shadow or canary of the rollout tests
+    (load it with `warmup_shapes = { x = [3, 4] }`)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "three_rows"], ["t"]),
+            helper.make_node("Reshape", ["t", "four_cols"], ["y"]),
+        ],
+        "scale_failing",
+        [_io("x", TensorProto.FLOAT, ["batch", 4])],
+        [_io("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[
+            numpy_helper.from_array(np.array([3, -1], dtype=np.int64), "three_rows"),
+            numpy_helper.from_array(np.array([-1, 4], dtype=np.int64), "four_cols"),
+        ],
+    )
+    return _save(_model(graph, "y = x for batches of 3k rows; fails otherwise"), path)
+
+
 def write_add_sub_model(path) -> Path:
     """Triton's `simple`: INPUT0, INPUT1 INT32 [batch, 16] -> OUTPUT0 = sum, OUTPUT1 = difference."""
     graph = helper.make_graph(
@@ -241,6 +289,8 @@ def generate_fixtures(root=FIXTURE_ROOT) -> list[Path]:
     out.append(
         write_scale_model(root / "scale_other_sig" / "1" / "model.onnx", 1.0, input_name="z", width=5)
     )
+    out.append(write_slow_scale_model(root / "scale_slow" / "1" / "model.onnx"))
+    out.append(write_failing_scale_model(root / "scale_failing" / "1" / "model.onnx"))
     out.append(write_corrupt_file(CORRUPT_PATH if root == FIXTURE_ROOT else root.parent / "corrupt.onnx"))
     return out
 
@@ -658,6 +708,19 @@ def check_all(verbose: bool = True) -> None:
     inp = _session(path).get_inputs()[0]
     assert inp.name == "z" and inp.shape == ["batch", 5], (inp.name, inp.shape)
     ok("scale_other_sig/1")
+
+    out = _run(FIXTURE_ROOT / "scale_slow" / "1" / "model.onnx", {"x": x})
+    assert np.array_equal(out["y"], x), out["y"]
+    ok("scale_slow/1 (y = x, slowly)")
+    failing = FIXTURE_ROOT / "scale_failing" / "1" / "model.onnx"
+    out = _run(failing, {"x": x})
+    assert np.array_equal(out["y"], x), out["y"]
+    try:
+        _run(failing, {"x": x[:1]})
+    except Exception:
+        ok("scale_failing/1: 3 rows pass, 1 row fails")
+    else:
+        raise AssertionError("scale_failing must fail on one row")
 
     try:
         _session(CORRUPT_PATH)
