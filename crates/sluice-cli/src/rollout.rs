@@ -48,8 +48,10 @@ pub enum RolloutCommand {
         #[arg(long, conflicts_with_all = ["canary", "weight"])]
         no_canary: bool,
         /// A shadow version and the percentage of requests it gets a copy
-        /// of, as VERSION:PERCENT (repeatable; replaces the shadows)
-        #[arg(long = "shadow", value_name = "VERSION:PERCENT")]
+        /// of, as VERSION:PERCENT, or VERSION:PERCENT:values to judge
+        /// agreement by every value instead of the argmax of class scores
+        /// (repeatable; replaces the shadows)
+        #[arg(long = "shadow", value_name = "VERSION:PERCENT[:values]")]
         shadows: Vec<String>,
         /// Remove every shadow
         #[arg(long, conflicts_with = "shadows")]
@@ -260,9 +262,17 @@ pub fn run_rollout(command: RolloutCommand) -> anyhow::Result<()> {
                 policy.shadows = shadows
                     .iter()
                     .map(|s| {
-                        let (v, p) = s
-                            .split_once(':')
-                            .with_context(|| format!("--shadow {s:?} is not VERSION:PERCENT"))?;
+                        let mut parts = s.split(':');
+                        let (Some(v), Some(p)) = (parts.next(), parts.next()) else {
+                            bail!("--shadow {s:?} is not VERSION:PERCENT");
+                        };
+                        let agreement = match parts.next() {
+                            None | Some("argmax") => Default::default(),
+                            Some("values") => sluice_rollout::compare::Agreement::Values,
+                            Some(other) => bail!(
+                                "--shadow {s:?}: agreement {other:?} is not 'argmax' or 'values'"
+                            ),
+                        };
                         Ok(Shadow {
                             version: v
                                 .parse()
@@ -271,6 +281,7 @@ pub fn run_rollout(command: RolloutCommand) -> anyhow::Result<()> {
                                 .trim_end_matches('%')
                                 .parse()
                                 .with_context(|| format!("--shadow {s:?}: bad percent"))?,
+                            agreement,
                         })
                     })
                     .collect::<anyhow::Result<_>>()?;

@@ -31,6 +31,21 @@ impl Default for Tolerance {
     }
 }
 
+/// When floating-point outputs count as agreeing. Integer, BOOL and BYTES
+/// outputs must always be equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Agreement {
+    /// Class-score outputs (rank >= 2, last dimension > 1) agree when every
+    /// row's argmax does (the decision is the same, whatever the scores);
+    /// other float outputs agree within the tolerance. For classifiers.
+    #[default]
+    Argmax,
+    /// Every float element within the tolerance, whatever the shape. For
+    /// regressions and embeddings whose rows are not class scores.
+    Values,
+}
+
 /// The comparison of one named output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputDiff {
@@ -76,16 +91,25 @@ impl OutputDiff {
         }
     }
 
-    /// Whether the two sides agree on this output: argmax when it applies,
-    /// else the tolerance, for floats; equality otherwise; never for a
-    /// mismatch.
+    /// Whether the two sides agree on this output by the default rule
+    /// ([`Agreement::Argmax`]).
     pub fn agrees(&self) -> bool {
+        self.agrees_by(Agreement::Argmax)
+    }
+
+    /// Whether the two sides agree on this output by `rule`: for floats,
+    /// the argmax when it applies and the rule is `Argmax`, else the
+    /// tolerance; equality otherwise; never for a mismatch.
+    pub fn agrees_by(&self, rule: Agreement) -> bool {
         match self {
             OutputDiff::Float {
                 within_tolerance,
                 argmax_agree,
                 ..
-            } => argmax_agree.unwrap_or(*within_tolerance),
+            } => match rule {
+                Agreement::Argmax => argmax_agree.unwrap_or(*within_tolerance),
+                Agreement::Values => *within_tolerance,
+            },
             OutputDiff::Exact { equal, .. } => *equal,
             OutputDiff::Mismatch { .. } => false,
         }
@@ -171,6 +195,16 @@ pub fn compare(
     shadow: &[(String, Tensor)],
     tol: Tolerance,
 ) -> Comparison {
+    compare_by(primary, shadow, tol, Agreement::Argmax)
+}
+
+/// [`compare`], with agreement decided by `rule`.
+pub fn compare_by(
+    primary: &[(String, Tensor)],
+    shadow: &[(String, Tensor)],
+    tol: Tolerance,
+    rule: Agreement,
+) -> Comparison {
     let mut outputs = Vec::with_capacity(primary.len());
     for (name, p) in primary {
         let diff = match shadow.iter().find(|(n, _)| n == name) {
@@ -192,7 +226,7 @@ pub fn compare(
             });
         }
     }
-    let agree = outputs.iter().all(OutputDiff::agrees);
+    let agree = outputs.iter().all(|o| o.agrees_by(rule));
     Comparison { outputs, agree }
 }
 
@@ -834,5 +868,20 @@ mod tests {
         assert!(c.agree);
         let (_, c) = single(b(&[f32::NAN]), b(&[3.0]), Tolerance::default());
         assert!(!c.agree);
+    }
+
+    #[test]
+    fn by_values_class_shaped_outputs_must_be_close_too() {
+        let p = vec![("y".to_string(), f32s(&[1, 4], &[1.0, 2.0, 3.0, 4.0]))];
+        let s = vec![("y".to_string(), f32s(&[1, 4], &[2.0, 4.0, 6.0, 8.0]))];
+        let by_argmax = compare_by(&p, &s, Tolerance::default(), Agreement::Argmax);
+        assert!(by_argmax.agree, "same argmax in the one row");
+        let by_values = compare_by(&p, &s, Tolerance::default(), Agreement::Values);
+        assert!(!by_values.agree);
+        assert_eq!(by_values.max_abs(), 4.0);
+        assert_eq!(by_values.max_rel(), 0.5);
+        let same = compare_by(&p, &p, Tolerance::default(), Agreement::Values);
+        assert!(same.agree);
+        assert_eq!(same.max_abs(), 0.0);
     }
 }

@@ -68,6 +68,15 @@ pub struct Shadow {
     pub version: u64,
     /// Percentage of requests mirrored to this version, in `[0, 100]`.
     pub percent: f64,
+    /// When its float outputs count as agreeing with the primary's:
+    /// `argmax` (the default: class scores by their argmax) or `values`
+    /// (every element within tolerance).
+    #[serde(default, skip_serializing_if = "is_default_agreement")]
+    pub agreement: crate::compare::Agreement,
+}
+
+fn is_default_agreement(a: &crate::compare::Agreement) -> bool {
+    *a == crate::compare::Agreement::default()
 }
 
 /// Why a policy could not be read, written or accepted.
@@ -327,10 +336,12 @@ mod tests {
                 Shadow {
                     version: 3,
                     percent: 10.0,
+                    agreement: Default::default(),
                 },
                 Shadow {
                     version: 4,
                     percent: 100.0,
+                    agreement: crate::compare::Agreement::Values,
                 },
             ],
             sticky_header: Some("x-user-id".into()),
@@ -398,6 +409,7 @@ mod tests {
             shadows: vec![Shadow {
                 version: 6,
                 percent: 0.0,
+                agreement: Default::default(),
             }],
             ..Default::default()
         };

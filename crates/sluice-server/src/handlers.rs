@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sluice_oip::{InferResponse, ResponseOutput};
+use sluice_rollout::compare::Agreement;
 use sluice_rollout::routing::{self, Variant};
 use sluice_runtime::ModelExecutor;
 use sluice_serving::{ModelSnapshot, Snapshot, VersionState};
@@ -563,10 +564,10 @@ async fn infer_inner(
         };
     // Shadow copies are decided now (a draw per shadow) and sent after the
     // primary answered; the common case (no shadows) costs nothing more.
-    let shadows: Vec<Arc<ModelExecutor>> = entry
+    let shadows: Vec<(Arc<ModelExecutor>, Agreement)> = entry
         .shadows()
-        .filter(|(_, percent)| routing::sampled(*percent, routing::random_unit))
-        .map(|(e, _)| e.clone())
+        .filter(|(_, s)| routing::sampled(s.percent, routing::random_unit))
+        .map(|(e, s)| (e.clone(), s.agreement))
         .collect();
     let has_policy = entry.policy.is_some();
     drop(entry);
@@ -591,7 +592,7 @@ async fn run_inference(
     state: &AppState,
     executor: &ModelExecutor,
     side: Side,
-    shadows: Vec<Arc<ModelExecutor>>,
+    shadows: Vec<(Arc<ModelExecutor>, Agreement)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_rollout::compare::{self, Tolerance};
+use sluice_rollout::compare::{self, Agreement, Tolerance};
 use sluice_rollout::diffs::{self, DiffSample, DiffStore};
 use sluice_runtime::{InferError, ModelExecutor};
 use sluice_telemetry::{Metrics, ShadowMetrics, ShadowOutcome};
@@ -102,16 +102,20 @@ pub struct Primary {
 
 /// Sends a copy of the primary's request to each shadow, each in a task of
 /// its own; returns at once.
-pub fn dispatch(book: &Arc<ShadowBook>, shadows: Vec<Arc<ModelExecutor>>, primary: Primary) {
+pub fn dispatch(
+    book: &Arc<ShadowBook>,
+    shadows: Vec<(Arc<ModelExecutor>, Agreement)>,
+    primary: Primary,
+) {
     let primary = Arc::new(primary);
-    for shadow in shadows {
+    for (shadow, rule) in shadows {
         let book = book.clone();
         let primary = primary.clone();
-        tokio::spawn(async move { run(&book, &shadow, &primary).await });
+        tokio::spawn(async move { run(&book, &shadow, rule, &primary).await });
     }
 }
 
-async fn run(book: &ShadowBook, shadow: &ModelExecutor, primary: &Primary) {
+async fn run(book: &ShadowBook, shadow: &ModelExecutor, rule: Agreement, primary: &Primary) {
     let state = book.state(shadow.model(), shadow.version());
     let record = |outcome| {
         if let Some(m) = &state.metrics {
@@ -141,7 +145,12 @@ async fn run(book: &ShadowBook, shadow: &ModelExecutor, primary: &Primary) {
             return;
         }
     };
-    let comparison = compare::compare(&primary.outputs, &output.outputs, Tolerance::default());
+    let comparison = compare::compare_by(
+        &primary.outputs,
+        &output.outputs,
+        Tolerance::default(),
+        rule,
+    );
     record(ShadowOutcome::Compared {
         agree: comparison.agree,
     });

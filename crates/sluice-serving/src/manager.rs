@@ -698,6 +698,8 @@ impl Reconciler {
             model: model.to_string(),
             reason,
         };
+        // As it will read back from the file (header names lowercased).
+        let policy = policy.normalised();
         let snapshot = self.snapshot.load_full();
         let Some(current) = snapshot.model(model) else {
             return Err(if snapshot.knows(model) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use sluice_registry::ModelConfig;
-use sluice_rollout::policy::TrafficPolicy;
+use sluice_rollout::policy::{Shadow, TrafficPolicy};
 use sluice_runtime::ModelExecutor;
 
 /// The state of one version, as the repository index reports it (Triton's
@@ -65,12 +65,13 @@ impl ModelSnapshot {
         Some((self.versions.get(&canary.version)?, canary.weight))
     }
 
-    /// The shadow versions and the percentage of requests each gets a copy of.
-    pub fn shadows(&self) -> impl Iterator<Item = (&Arc<ModelExecutor>, f64)> {
+    /// The shadow versions, each with its policy entry (the percentage of
+    /// requests it gets a copy of, and how agreement is judged).
+    pub fn shadows(&self) -> impl Iterator<Item = (&Arc<ModelExecutor>, &Shadow)> {
         self.policy
             .iter()
             .flat_map(|p| p.shadows.iter())
-            .filter_map(|s| Some((self.versions.get(&s.version)?, s.percent)))
+            .filter_map(|s| Some((self.versions.get(&s.version)?, s)))
     }
 }
 
