@@ -136,7 +136,9 @@ def traffic(tmp_path_factory, telemetry_flags):
     root = tmp_path_factory.mktemp("telemetry-session")
     receiver = t.GrpcTraceReceiver()
     models = h.copy_models(root / "models", only={"scale": ["1", "2", "3"]}, demo=False)
-    server = t.start_sluice(models, root / "logs", metrics=True, extra_args=t.otlp_args(receiver))
+    admin_key = "telemetry-admin-key-0123456789"
+    server = t.start_sluice(models, root / "logs", metrics=True, extra_args=t.otlp_args(receiver),
+                            env={"SLUICE_ADMIN_KEYS": f"telemetry:{admin_key}"})
     tr = Traffic(server, receiver, {}, collections.Counter(), N_NOT_FOUND_MODEL,
                  N_NOT_FOUND_VERSION, N_VALIDATION, N_UNMATCHED)
     x = np.array(t.SCALE_X, dtype=np.float32)
@@ -154,6 +156,14 @@ def traffic(tmp_path_factory, telemetry_flags):
                 assert np.array_equal(res.as_numpy("y"), x * int(version)), res.as_numpy("y")
                 tr.explicit[version] = tr.explicit.get(version, 0) + 1
                 tr.success_trace_ids.add(trace_id)
+        # From here on version 2 shadows every request on the unversioned
+        # route (version 3 answers them): the shadow metrics and the traffic
+        # weights. Shadow copies are not requests: they count nowhere else.
+        status, _, body = server.request(
+            "PUT", "/admin/models/scale/policy",
+            json.dumps({"shadows": [{"version": 2, "percent": 100.0}]}).encode(),
+            {"content-type": "application/json", "authorization": f"Bearer {admin_key}"})
+        assert status == 200, (status, body[:300])
         # Successes on the unversioned route; the version that answers is counted.
         for i in range(N_UNVERSIONED):
             headers, trace_id = _traced_headers(tr, f"tel-latest-{i}")

@@ -13,7 +13,7 @@ import pytest
 import telhelpers as t
 
 REQUEST_OUTCOMES = {"success", "validation", "not_found", "too_large", "overloaded", "not_ready",
-                    "timeout", "runtime"}
+                    "timeout", "runtime", "unauthorized"}
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,7 @@ def test_label_values_are_bounded(exposition, traffic):
             allowed = (REQUEST_OUTCOMES if s.name.startswith(("sluice_requests_total", "sluice_request_duration"))
                        else {"success", "failure"} if s.name.startswith("sluice_model_loads")
                        else {"success", "dropped"} if s.name.startswith("sluice_trace_spans")
+                       else {"compared", "failed", "dropped"} if s.name.startswith("sluice_shadow_requests")
                        else set())
             if lab["outcome"] not in allowed:
                 bad.append(f"outcome={lab['outcome']!r} (spec: {sorted(allowed)}): {s.line}")

@@ -564,8 +564,10 @@ async fn infer_inner(
         };
     // Shadow copies are decided now (a draw per shadow) and sent after the
     // primary answered; the common case (no shadows) costs nothing more.
+    // A request pinned to a shadow version is not copied to itself.
     let shadows: Vec<(Arc<ModelExecutor>, Agreement)> = entry
         .shadows()
+        .filter(|(e, _)| e.version() != executor.version())
         .filter(|(_, s)| routing::sampled(s.percent, routing::random_unit))
         .map(|(e, s)| (e.clone(), s.agreement))
         .collect();

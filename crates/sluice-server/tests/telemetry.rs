@@ -48,10 +48,29 @@ fn sample_names(name: &str, kind: &str) -> Vec<String> {
 async fn the_exposition_matches_the_spec_after_traffic() {
     let root = tempfile::tempdir().unwrap();
     copy_version(root.path(), "scale", 1, "scale");
+    copy_version(root.path(), "scale", 3, "scale");
     let server = TestServer::start(root, Default::default()).await;
     // A span exporter is not configured here; its counter is still part of
     // the contract, so give it the series a configured exporter would have.
     server.metrics.spans_exported.get(&["success"]);
+    // Version 1 answers; version 3 shadows every request (the shadow
+    // metrics, and the traffic weights of a policy).
+    server
+        .manager
+        .set_policy(
+            "scale",
+            sluice_rollout::policy::TrafficPolicy {
+                stable: Some(1),
+                shadows: vec![sluice_rollout::policy::Shadow {
+                    version: 3,
+                    percent: 100.0,
+                    agreement: Default::default(),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     // Success, validation, not_found, a load failure, a non-inference route.
     assert_eq!(
         server
@@ -84,6 +103,14 @@ async fn the_exposition_matches_the_spec_after_traffic() {
     .unwrap();
     server.manager.reconcile().await.unwrap();
     assert_eq!(server.get("/v2/models/scale").await.status(), 200);
+    // The shadow copy of the one success runs after it answered.
+    for _ in 0..200 {
+        let text = server.get("/metrics").await.text().await.unwrap();
+        if text.contains("sluice_shadow_latency_difference_seconds_count") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 
     let text = server.get("/metrics").await;
     assert_eq!(
@@ -125,7 +152,11 @@ async fn the_exposition_matches_the_spec_after_traffic() {
         text.contains(r#"sluice_model_loads_total{model="scale",outcome="failure"} 1"#),
         "{text}"
     );
-    assert!(text.contains(r#"sluice_model_versions_loaded{model="scale"} 1"#));
+    assert!(text.contains(r#"sluice_model_versions_loaded{model="scale"} 2"#));
+    assert!(text.contains(r#"sluice_traffic_weight{model="scale",version="3",role="shadow"} 1"#));
+    assert!(text.contains(
+        r#"sluice_shadow_requests_total{model="scale",version="3",outcome="compared"} 1"#
+    ));
     assert!(text.contains(r#"sluice_queue_duration_seconds_count{model="scale",version="1"} 1"#));
     assert!(text.contains(r#"http_route="/v2/models/{model}/infer""#));
     // The route template, never the raw path.

@@ -362,6 +362,15 @@ impl Reconciler {
                 }),
             );
         }
+        if let Some(metrics) = &self.options.metrics {
+            // The controller's decision counters exist, at zero, for every
+            // model, so dashboards and alerts see zeros rather than gaps.
+            for name in models.keys() {
+                for decision in ["hold", "advance", "promote", "rollback"] {
+                    metrics.rollout_decisions.get(&[name, decision]);
+                }
+            }
+        }
         let gone: Vec<String> = self
             .loaded
             .keys()
