@@ -22,6 +22,8 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/ope
 
 LATENCY_BUCKETS = [8e-6 * 2 ** k for k in range(23)]
 BATCH_BUCKETS = [float(2 ** k) for k in range(13)]
+DIFF_BUCKETS = [0.0] + [10.0 ** k for k in range(-9, 2)]
+LATENCY_RATIO_BUCKETS = [0.01, 0.1, 0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0, 25.0, 100.0]
 
 
 def _text(traffic, accept=None, port=None):
@@ -120,6 +122,10 @@ def test_histogram_buckets_are_the_specs(traffic, metric):
     assert buckets, f"no {metric.name}_bucket lines after traffic"
     if metric.name == "sluice_batch_size":
         want, rule = BATCH_BUCKETS, "1, 2, 4, ... 4096"
+    elif metric.name in ("sluice_shadow_max_abs_difference", "sluice_shadow_max_relative_difference"):
+        want, rule = DIFF_BUCKETS, "0, then 1e-9 ... 10 by decades"
+    elif metric.name == "sluice_shadow_latency_ratio":
+        want, rule = LATENCY_RATIO_BUCKETS, "0.01 ... 100, fine around 1"
     else:
         assert metric.unit == "seconds", metric
         want, rule = LATENCY_BUCKETS, "8e-6 * 2^k, k = 0..22"

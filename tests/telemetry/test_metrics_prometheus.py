@@ -13,7 +13,7 @@ import time
 import telhelpers as t
 
 REQUEST_OUTCOMES = {"success", "validation", "not_found", "too_large", "overloaded", "not_ready",
-                    "timeout", "runtime"}
+                    "timeout", "runtime", "unauthorized"}
 VERSIONED_INFER_ROUTE = "/v2/models/{model}/versions/{version}/infer"
 INFER_ROUTE = "/v2/models/{model}/infer"
 

@@ -154,11 +154,13 @@ async fn run(book: &ShadowBook, shadow: &ModelExecutor, rule: Agreement, primary
     record(ShadowOutcome::Compared {
         agree: comparison.agree,
     });
-    let latency_diff = latency.as_secs_f64() - primary.latency.as_secs_f64();
+    // Both at least a microsecond: a ratio of clock readings near zero says
+    // nothing.
+    let latency_ratio = latency.as_secs_f64().max(1e-6) / primary.latency.as_secs_f64().max(1e-6);
     if let Some(m) = &state.metrics {
         m.abs_diff.observe(comparison.max_abs());
         m.rel_diff.observe(comparison.max_rel());
-        m.latency_diff.observe(latency_diff);
+        m.latency_ratio.observe(latency_ratio);
     }
     let score = comparison.score();
     if !state.diffs.would_keep(score) {

@@ -106,7 +106,7 @@ async fn the_exposition_matches_the_spec_after_traffic() {
     // The shadow copy of the one success runs after it answered.
     for _ in 0..200 {
         let text = server.get("/metrics").await.text().await.unwrap();
-        if text.contains("sluice_shadow_latency_difference_seconds_count") {
+        if text.contains("sluice_shadow_latency_ratio_count") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;

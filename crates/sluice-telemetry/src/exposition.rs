@@ -245,7 +245,7 @@ pub fn encode(metrics: &Metrics, format: Format) -> String {
     counters(&metrics.shadow_comparisons, format, &mut out);
     histograms(&metrics.shadow_abs_diff, format, &mut out);
     histograms(&metrics.shadow_rel_diff, format, &mut out);
-    histograms(&metrics.shadow_latency_diff, format, &mut out);
+    histograms(&metrics.shadow_latency_ratio, format, &mut out);
     counters(&metrics.rollout_decisions, format, &mut out);
     if format == Format::OpenMetrics {
         out.push_str("# EOF\n");

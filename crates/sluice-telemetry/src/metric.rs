@@ -73,10 +73,11 @@ pub const DIFF_BUCKETS: [f64; 12] = [
     0.0, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0,
 ];
 
-/// A shadow's latency minus the primary's, in seconds: symmetric around 0,
-/// each decade from 100 µs to 1 s on either side.
-pub const LATENCY_DIFF_BUCKETS: [f64; 11] = [
-    -1.0, -0.1, -0.01, -0.001, -0.0001, 0.0, 0.0001, 0.001, 0.01, 0.1, 1.0,
+/// A shadow's inference time over the primary's: fine around 1, then
+/// coarser out to a hundred times either way. (A ratio, not a difference:
+/// OpenMetrics histograms cannot have negative buckets and a sum.)
+pub const LATENCY_RATIO_BUCKETS: [f64; 15] = [
+    0.01, 0.1, 0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0, 25.0, 100.0,
 ];
 
 /// Batch-size buckets: 1, 2, 4, ... 4096.

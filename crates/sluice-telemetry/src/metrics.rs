@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::metric::{
-    BATCH_BUCKETS, Counter, DIFF_BUCKETS, Gauge, Histogram, LATENCY_BUCKETS, LATENCY_DIFF_BUCKETS,
+    BATCH_BUCKETS, Counter, DIFF_BUCKETS, Gauge, Histogram, LATENCY_BUCKETS, LATENCY_RATIO_BUCKETS,
 };
 
 /// How a request ended: the `outcome` label of `sluice_requests_total`.
@@ -239,7 +239,7 @@ pub struct Metrics {
     pub shadow_comparisons: Family<Counter>,
     pub shadow_abs_diff: Family<Histogram>,
     pub shadow_rel_diff: Family<Histogram>,
-    pub shadow_latency_diff: Family<Histogram>,
+    pub shadow_latency_ratio: Family<Histogram>,
     pub rollout_decisions: Family<Counter>,
     live: ArcSwapOption<LiveSource>,
 }
@@ -371,11 +371,11 @@ impl Metrics {
                 VERSION_LABELS,
                 || Histogram::new(&DIFF_BUCKETS),
             ),
-            shadow_latency_diff: Family::new(
-                "sluice_shadow_latency_difference_seconds",
-                "A shadow's inference time minus the primary's, per compared request.",
+            shadow_latency_ratio: Family::new(
+                "sluice_shadow_latency_ratio",
+                "A shadow's inference time over the primary's, per compared request.",
                 VERSION_LABELS,
-                || Histogram::new(&LATENCY_DIFF_BUCKETS),
+                || Histogram::new(&LATENCY_RATIO_BUCKETS),
             ),
             rollout_decisions: Family::new(
                 "sluice_rollout_decisions_total",
@@ -405,7 +405,7 @@ impl Metrics {
             + self.shadow_comparisons.remove_where(&labels)
             + self.shadow_abs_diff.remove_where(&labels)
             + self.shadow_rel_diff.remove_where(&labels)
-            + self.shadow_latency_diff.remove_where(&labels)
+            + self.shadow_latency_ratio.remove_where(&labels)
     }
 
     /// Sets where the scrape-time gauges come from (the model manager).
@@ -524,7 +524,7 @@ pub struct ShadowMetrics {
     disagree: Arc<Counter>,
     pub abs_diff: Arc<Histogram>,
     pub rel_diff: Arc<Histogram>,
-    pub latency_diff: Arc<Histogram>,
+    pub latency_ratio: Arc<Histogram>,
 }
 
 /// How a copy of a request sent to a shadow ended.
@@ -552,7 +552,7 @@ impl ShadowMetrics {
             disagree: agreement("disagree"),
             abs_diff: metrics.shadow_abs_diff.get(&labels),
             rel_diff: metrics.shadow_rel_diff.get(&labels),
-            latency_diff: metrics.shadow_latency_diff.get(&labels),
+            latency_ratio: metrics.shadow_latency_ratio.get(&labels),
         }
     }
 
