@@ -25,12 +25,16 @@ LABEL_VALUES = {
     "url_scheme": ["http"],
     "network_protocol_name": ["http"],
     "network_protocol_version": ["1.1"],
+    "role": ["stable", "canary", "shadow"],
+    "agreement": ["agree", "disagree"],
+    "decision": ["hold", "advance", "promote", "rollback"],
 }
 OUTCOMES = {
     "sluice_requests_total": ["success", "validation", "runtime"],
     "sluice_request_duration_seconds": ["success", "validation", "runtime"],
     "sluice_model_loads_total": ["success", "failure"],
     "sluice_trace_spans_exported_total": ["success", "dropped"],
+    "sluice_shadow_requests_total": ["compared", "failed", "dropped"],
 }
 LATENCY_BOUNDS = [0.001, 0.01, 0.1, 1.0]
 LATENCY_SHARES = [0.2, 0.6, 0.9, 0.99]

@@ -50,6 +50,9 @@ REQUIRED_ALERTS = {
     "SluiceModelLoadFailures",
     "SluiceModelNotServing",
     "SluiceTraceSpansDropped",
+    "SluiceShadowDisagreement",
+    "SluiceShadowDropping",
+    "SluiceCanaryRolledBack",
 }
 SEVERITIES = {"critical", "warning", "info"}
 

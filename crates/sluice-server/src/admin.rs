@@ -147,8 +147,9 @@ async fn put_policy(
             "the policy is not valid JSON of a traffic policy: {e}"
         ))
     })?;
-    state.rollouts.stop(&model, "the policy was set by hand");
-    apply(
+    // A policy set by hand overrides a running rollout, once it took
+    // effect (a refused change leaves the rollout running).
+    let answer = apply(
         &state,
         &model,
         policy,
@@ -156,7 +157,9 @@ async fn put_policy(
         "policy.set",
         Value::Null,
     )
-    .await
+    .await?;
+    state.rollouts.stop(&model, "the policy was set by hand");
+    Ok(answer)
 }
 
 async fn promote(
@@ -171,8 +174,9 @@ async fn promote(
         )));
     };
     policy.stable = Some(canary.version);
+    let answer = apply(&state, &model, policy, actor(&who), "promote", Value::Null).await?;
     state.rollouts.stop(&model, "promoted by hand");
-    apply(&state, &model, policy, actor(&who), "promote", Value::Null).await
+    Ok(answer)
 }
 
 async fn rollback(
@@ -187,8 +191,9 @@ async fn rollback(
         )));
     };
     canary.weight = 0.0;
+    let answer = apply(&state, &model, policy, actor(&who), "rollback", Value::Null).await?;
     state.rollouts.stop(&model, "rolled back by hand");
-    apply(&state, &model, policy, actor(&who), "rollback", Value::Null).await
+    Ok(answer)
 }
 
 async fn rollout_start(
