@@ -137,14 +137,22 @@ pub async fn start(
     actor: &str,
 ) -> Result<TrafficPolicy, crate::ApiError> {
     plan.check().map_err(crate::ApiError::BadRequest)?;
-    let current = {
+    let (current, serving) = {
         let snapshot = ctx.manager.snapshot();
         let entry = snapshot
             .model(model)
             .ok_or_else(|| crate::ApiError::NotFound(format!("unknown model '{model}'")))?;
-        entry.policy.as_deref().cloned().unwrap_or_default()
+        (
+            entry.policy.as_deref().cloned().unwrap_or_default(),
+            entry.default_version().map(|e| e.version()),
+        )
     };
     let mut policy = current.clone();
+    // The rollout compares the canary with the version serving now: pin it,
+    // so that it stays the stable one whatever versions appear meanwhile.
+    if policy.stable.is_none() {
+        policy.stable = serving;
+    }
     policy.canary = Some(Canary {
         version: plan.canary,
         weight: plan.steps[0] / 100.0,
@@ -348,7 +356,18 @@ async fn run(ctx: Context, model: String, plan: Plan, rollout: Arc<Rollout>) {
                 model: model.clone(),
                 before: serde_json::to_value(&change.before).unwrap_or(Value::Null),
                 after: serde_json::to_value(&change.after).unwrap_or(Value::Null),
-                evidence: json!({ "decision": decision, "gates": evidence }),
+                evidence: {
+                    // The decision beside the evaluation it came from, at
+                    // the same level as in the rollout's status.
+                    let mut e = evidence;
+                    if let Value::Object(map) = &mut e {
+                        map.insert(
+                            "decision".into(),
+                            serde_json::to_value(&decision).unwrap_or(Value::Null),
+                        );
+                    }
+                    e
+                },
             },
         )
         .await

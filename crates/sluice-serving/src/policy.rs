@@ -38,6 +38,23 @@ pub fn validate(
     let Some(stable) = stable else {
         return Err("the model has no ready version".into());
     };
+    // Without `stable` the highest ready version is the stable one: a canary
+    // or shadow that is that version would be compared with itself.
+    if policy.stable.is_none() {
+        let v = stable.version();
+        if policy.canary.as_ref().is_some_and(|c| c.version == v) {
+            return Err(format!(
+                "canary version {v} is the stable version (without `stable`, the highest ready \
+                 version is stable); name the stable version"
+            ));
+        }
+        if policy.shadows.iter().any(|s| s.version == v) {
+            return Err(format!(
+                "shadow version {v} is the stable version (without `stable`, the highest ready \
+                 version is stable); name the stable version"
+            ));
+        }
+    }
     let others = policy
         .canary
         .iter()
