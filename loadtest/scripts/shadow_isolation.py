@@ -30,8 +30,12 @@ prints a table, the ratios of (b) and (c) to (a) for requests/s, p50 and p99
 
 The server, the load generator and the shadow executors share the machine's
 cores, so a shadow that burns CPU shows up in the primary's figures: that is
-what the ratios measure. Copies beyond `--shadow-queue` per shadow version
-are dropped, and the `dropped` column counts them.
+what the ratios measure. Each shadow version may use `--shadow-cpu` cores
+(the server's compute budget for it, default 0.05) and have
+`--shadow-queue` copies in flight; copies beyond either are dropped, and the
+`dropped` column counts them. `--rate N` loads the primary open-loop at a
+fixed arrival rate instead (latency corrected for coordinated omission):
+the question there is whether the primary's latency distribution moves.
 
 It asserts nothing about timing (a benchmark, not a test); it exits non-zero
 only if a primary request failed (or the load generator did not run).
@@ -40,6 +44,7 @@ Bounded: rounds x 3 runs of warm-up + duration, each settle wait at most
 
     cargo build --release -p sluice-cli -p sluice-loadtest
     .venv/bin/python loadtest/scripts/shadow_isolation.py --rounds 3 --duration 5s --report shadow.json
+    .venv/bin/python loadtest/scripts/shadow_isolation.py --rate 5000 --report shadow-open.json
 """
 
 from __future__ import annotations
@@ -161,8 +166,9 @@ def settled_counters(base: str, settle_s: float) -> dict[tuple[int, str], float]
 
 
 def run_load(args, base: str, pid: int, report: Path) -> dict:
+    load = ["--rate", str(args.rate)] if args.rate else ["--concurrency", str(args.concurrency)]
     cmd = [args.loadtest, "run", "--url", base, "--model", MODEL, "--shape", "1,4", "--input-name", "x",
-           "--concurrency", str(args.concurrency), "--duration", args.duration, "--warmup", args.warmup,
+           *load, "--duration", args.duration, "--warmup", args.warmup,
            "--report", str(report), "--server-pid", str(pid), "--quiet"]
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
     if r.returncode != 0 or not report.is_file():
@@ -181,7 +187,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", default="5s", help="measured window of each run")
     ap.add_argument("--warmup", default="1s", help="load before each window, not measured")
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=8, help="closed loop: connections (the default mode)")
+    ap.add_argument("--rate", type=int, help="open loop instead: requests per second on a fixed schedule "
+                    "(latency corrected for coordinated omission); pick one the server sustains without shadows")
+    ap.add_argument("--shadow-cpu", type=float, help="passed to sluice serve (its default: 0.05 cores)")
     ap.add_argument("--shadow-queue", type=int, help="passed to sluice serve (its default: 64)")
     ap.add_argument("--settle-s", type=float, default=15.0,
                     help="longest wait for in-flight shadow copies after a run")
@@ -200,6 +209,8 @@ def main() -> int:
     cmd = [args.sluice, "serve", "--models", str(repo), "--http-addr", "127.0.0.1:0", "--log", "warn"]
     if args.shadow_queue is not None:
         cmd += ["--shadow-queue", str(args.shadow_queue)]
+    if args.shadow_cpu is not None:
+        cmd += ["--shadow-cpu", str(args.shadow_cpu)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         line = proc.stdout.readline().strip()
@@ -276,7 +287,9 @@ def main() -> int:
             "rounds": args.rounds,
             "duration": args.duration,
             "warmup": args.warmup,
-            "concurrency": args.concurrency,
+            "concurrency": None if args.rate else args.concurrency,
+            "rate": args.rate,
+            "shadow_cpu": args.shadow_cpu if args.shadow_cpu is not None else "server default (0.05)",
             "shadow_queue": args.shadow_queue if args.shadow_queue is not None else "server default (64)",
             "policies": POLICIES,
             "runs": runs,

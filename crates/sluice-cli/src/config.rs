@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// [default: 64]
     #[arg(long, env = "SLUICE_SHADOW_QUEUE", value_name = "N")]
     pub shadow_queue: Option<usize>,
+    /// Cores each shadow version may use on average; copies beyond this
+    /// compute budget are dropped and counted, so a slow shadow cannot take
+    /// the primary's cores; 0 = no budget [default: 0.05]
+    #[arg(long, env = "SLUICE_SHADOW_CPU", value_name = "CORES")]
+    pub shadow_cpu: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -107,6 +112,7 @@ pub struct FileConfig {
     pub admin_keys_file: Option<PathBuf>,
     pub api_keys_file: Option<PathBuf>,
     pub shadow_queue: Option<usize>,
+    pub shadow_cpu: Option<f64>,
 }
 
 impl FileConfig {
@@ -205,6 +211,10 @@ impl ServeSettings {
                     "SLUICE_API_KEYS",
                 )?,
                 shadow_queue: args.shadow_queue.or(file.shadow_queue).unwrap_or(64).max(1),
+                shadow_cpu: match args.shadow_cpu.or(file.shadow_cpu).unwrap_or(0.05) {
+                    c if c.is_finite() && c >= 0.0 => c,
+                    c => anyhow::bail!("shadow_cpu must be a number of cores >= 0, not {c}"),
+                },
                 ..Default::default()
             },
         })

@@ -24,8 +24,8 @@
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -218,6 +218,10 @@ struct InlinePool {
 #[derive(Debug)]
 pub struct InferOutput {
     pub outputs: Vec<(String, Tensor)>,
+    /// Time the session spent on it: converting the inputs, the run, and
+    /// converting the outputs (for a batched run, the whole batch's). Queue
+    /// waiting is not included.
+    pub compute: Duration,
 }
 
 struct Job {
@@ -229,6 +233,10 @@ struct Job {
     span: tracing::Span,
     /// `sluice.queue`: open from enqueue until a worker takes the job.
     queue_span: tracing::Span,
+    /// Whether a runtime failure is worth a WARN line: not for shadow
+    /// copies, which are counted instead (a failing shadow would otherwise
+    /// write a line per request).
+    log_failure: bool,
     reply: oneshot::Sender<Result<InferOutput, InferError>>,
 }
 
@@ -253,6 +261,12 @@ pub struct ModelExecutor {
     /// Requests in flight: only a request that finds the version idle runs
     /// inline.
     activity: Activity,
+    /// The background lane for shadow copies (see
+    /// [`infer_background`](Self::infer_background)), started on first use; `None`
+    /// inside when it could not start.
+    background: OnceLock<Option<Sender<Job>>>,
+    /// To build the background lane's session.
+    runtime: OrtRuntime,
     /// Kept only so the threads are named in debuggers; never joined (the
     /// last drop may happen on an async thread, which must not block).
     _workers: Vec<JoinHandle<()>>,
@@ -444,7 +458,13 @@ fn run_session(
             })
             .collect::<Result<Vec<_>, RunError>>()?;
         let t3 = Instant::now();
-        Ok((InferOutput { outputs }, [t1 - t0, t2 - t1, t3 - t2]))
+        Ok((
+            InferOutput {
+                outputs,
+                compute: t3 - t0,
+            },
+            [t1 - t0, t2 - t1, t3 - t2],
+        ))
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -471,6 +491,25 @@ struct Worker {
     /// A job taken from the queue that did not fit the batch being formed;
     /// it starts the next one.
     pending: Option<Job>,
+}
+
+/// Puts the calling thread at the lowest scheduling priority: Linux's
+/// `SCHED_IDLE` policy, whose threads run only on cores that threads of the
+/// normal policy leave idle and are preempted the moment one of those wakes
+/// (a niced thread would keep its slice, milliseconds, first); `nice 19`
+/// where that is refused. A thread's policy is its own. Best effort.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sched_setscheduler and setpriority with id 0 change only the
+    // calling thread's scheduling; the parameter outlives the call.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0
+            && libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0
+        {
+            tracing::debug!("could not lower the background lane's priority");
+        }
+    }
 }
 
 /// Hands memory freed by a dropped session back to the system. A session's
@@ -630,7 +669,10 @@ impl Worker {
                 record_execution(&self.stats, self.metrics.as_ref(), total_rows, phases);
                 for (job, outputs) in batch.into_iter().zip(outputs) {
                     record_answer(&self.stats, self.metrics.as_ref(), job.enqueued, phases);
-                    let _ = job.reply.send(Ok(InferOutput { outputs }));
+                    let _ = job.reply.send(Ok(InferOutput {
+                        outputs,
+                        compute: phases.iter().sum(),
+                    }));
                 }
             }
             Err(_) if batch.len() > 1 => {
@@ -641,9 +683,12 @@ impl Worker {
             Err(e) => {
                 let job = batch.into_iter().next().expect("a batch has a job");
                 self.stats.record_failure(job.enqueued.elapsed());
-                let _ = job
-                    .reply
-                    .send(Err(run_failure(&self.model, self.version, e)));
+                let _ = job.reply.send(Err(run_failure(
+                    &self.model,
+                    self.version,
+                    e,
+                    job.log_failure,
+                )));
             }
         }
     }
@@ -683,11 +728,15 @@ fn record_answer(
 }
 
 /// The error a failed run answers its request with.
-fn run_failure(model: &str, version: u64, error: RunError) -> InferError {
+fn run_failure(model: &str, version: u64, error: RunError, log: bool) -> InferError {
     match error {
         RunError::Input(message) => InferError::Invalid(message),
         RunError::Runtime(message) => {
-            tracing::warn!(model, version, error = %message, "inference failed");
+            if log {
+                tracing::warn!(model, version, error = %message, "inference failed");
+            } else {
+                tracing::debug!(model, version, error = %message, "inference failed");
+            }
             InferError::Runtime {
                 model: model.to_string(),
                 version,
@@ -868,8 +917,64 @@ impl ModelExecutor {
             batching,
             inline,
             activity: Activity::new(),
+            background: OnceLock::new(),
+            runtime: rt.clone(),
             _workers: workers,
         })
+    }
+
+    /// The background lane's queue: one more session of this version, on a
+    /// thread of the lowest scheduling priority (`SCHED_IDLE`), so that its
+    /// work only takes cores that requests at normal priority leave idle. Built
+    /// on first use, on that thread; copies sent before it is ready wait in
+    /// its queue (or are refused when it is full).
+    fn background(&self) -> Option<&Sender<Job>> {
+        self.background
+            .get_or_init(|| {
+                let (tx, rx) = crossbeam_channel::bounded(self.options.max_queue_size.max(1));
+                let rt = self.runtime.clone();
+                let path = self.path.clone();
+                let mut options = self.options.clone();
+                options.batching = None;
+                let (model, version) = (self.model.clone(), self.version);
+                let stats = self.stats.clone();
+                let metrics = self.metrics.clone();
+                let dispatch = tracing::dispatcher::get_default(Clone::clone);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("ort-{model}-v{version}-bg"))
+                    .spawn(move || {
+                        tracing::dispatcher::with_default(&dispatch, || {
+                            lower_own_priority();
+                            let session = match build_session(&rt, &path, &options) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::warn!(model, version, error = %e, "background lane could not load its session; shadow copies are dropped");
+                                    return;
+                                }
+                            };
+                            Worker {
+                                model,
+                                version,
+                                timeout: options.queue_timeout,
+                                session,
+                                stats,
+                                metrics,
+                                queue: rx,
+                                batching: None,
+                                pending: None,
+                            }
+                            .run();
+                        })
+                    });
+                match spawned {
+                    Ok(_) => Some(tx),
+                    Err(e) => {
+                        tracing::warn!(model = %self.model, version = self.version, error = %e, "cannot start the background lane; shadow copies are dropped");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     /// The median warm-up run, when this version runs small requests on the
@@ -929,12 +1034,15 @@ impl ModelExecutor {
         self.infer_on(inputs, outputs, true).await
     }
 
-    /// As [`infer`](Self::infer), but always through the queue, never on
-    /// the caller's thread: for shadow copies, which must not take the
-    /// async threads' time from primary requests. A full queue is refused
-    /// at once (`QueueFull`), so a slow shadow sheds copies instead of
-    /// piling them up.
-    pub async fn infer_queued(
+    /// As [`infer`](Self::infer), but in the version's background lane: a
+    /// session of its own on a thread of the lowest priority, never on the
+    /// caller's thread, never in the queue requests use. For shadow copies,
+    /// which must take neither the async threads' time nor the version's
+    /// sessions nor, when the machine is busy, its cores. A full queue is
+    /// refused at once (`QueueFull`), so a slow shadow sheds copies instead
+    /// of piling them up. Failures are logged at debug level only: the
+    /// caller counts them.
+    pub async fn infer_background(
         &self,
         inputs: Vec<(String, Tensor)>,
         outputs: Vec<String>,
@@ -991,9 +1099,23 @@ impl ModelExecutor {
             enqueued: started,
             span: tracing::Span::current(),
             queue_span,
+            log_failure: may_inline,
             reply,
         };
-        match self.queue.try_send(job) {
+        let queue = if may_inline {
+            &self.queue
+        } else {
+            match self.background() {
+                Some(queue) => queue,
+                None => {
+                    return Err(InferError::Stopped {
+                        model: self.model.clone(),
+                        version: self.version,
+                    });
+                }
+            }
+        };
+        match queue.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.record_failure(started.elapsed());
@@ -1048,7 +1170,7 @@ impl ModelExecutor {
             }
             Err(e) => {
                 self.stats.record_failure(started.elapsed());
-                Err(run_failure(&self.model, self.version, e))
+                Err(run_failure(&self.model, self.version, e, true))
             }
         }
     }

@@ -145,3 +145,49 @@ async fn an_inline_request_that_fails_validation_fails_alone() {
     let stats = exec.stats().snapshot();
     assert_eq!((stats.success.count, stats.fail.count), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_lane_answers_on_a_session_of_its_own() {
+    let exec = load(SessionOptions {
+        max_queue_size: 4,
+        ..SessionOptions::default()
+    });
+    // The lane starts on first use (its session loads then), and answers
+    // exactly as the version does.
+    let values = vec![1.0, -2.0, 3.5, 4.0];
+    let out = exec.infer_background(rows(&values), vec![]).await.unwrap();
+    assert_eq!(
+        floats(&out.outputs[0].1),
+        values.iter().map(|v| v * 2.0).collect::<Vec<_>>()
+    );
+    assert!(out.compute > Duration::ZERO);
+    // Many at once: its own bounded queue refuses what does not fit, and
+    // every copy it takes is answered right.
+    let exec = Arc::new(exec);
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let exec = exec.clone();
+            tokio::spawn(async move {
+                let v = vec![i as f32, 0.0, 1.0, 2.0];
+                exec.infer_background(rows(&v), vec![])
+                    .await
+                    .map(|o| (v, floats(&o.outputs[0].1)))
+            })
+        })
+        .collect();
+    let (mut answered, mut refused) = (0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok((v, y)) => {
+                assert_eq!(y, v.iter().map(|x| x * 2.0).collect::<Vec<_>>());
+                answered += 1;
+            }
+            Err(sluice_runtime::InferError::QueueFull { .. }) => refused += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(answered + refused, 32);
+    assert!(answered >= 4, "at least a queue's worth is answered");
+    // The foreground still answers, inline or queued.
+    check(&exec, vec![5.0, 6.0, 7.0, 8.0]).await;
+}

@@ -67,6 +67,10 @@ pub struct HttpOptions {
     pub shadow_queue: usize,
     /// The most different (primary, shadow) pairs kept per shadow version.
     pub shadow_diffs_kept: usize,
+    /// Cores of compute each shadow version may use on average (a token
+    /// bucket charged with each copy's time); copies beyond it are dropped
+    /// and counted. Not finite or not positive: no budget.
+    pub shadow_cpu: f64,
 }
 
 impl Default for HttpOptions {
@@ -80,6 +84,7 @@ impl Default for HttpOptions {
             api_keys: KeySet::default(),
             shadow_queue: 64,
             shadow_diffs_kept: 20,
+            shadow_cpu: 0.05,
         }
     }
 }
@@ -100,6 +105,7 @@ pub fn router(manager: ModelManager, options: HttpOptions) -> axum::Router {
         options.metrics.clone(),
         options.shadow_queue,
         options.shadow_diffs_kept,
+        options.shadow_cpu,
     ));
     handlers::routes(AppState {
         manager,

@@ -7,9 +7,13 @@
 //!   answered, from a task of its own; the response does not wait for it;
 //! - it runs on the shadow version's own executor (its sessions and worker
 //!   threads: a separate compute budget), always through its queue, never
-//!   inline on the async threads ([`ModelExecutor::infer_queued`]);
+//!   inline on the async threads ([`ModelExecutor::infer_background`]);
 //! - at most `shadow_queue` copies per shadow version are in flight; one
-//!   more, or a full executor queue, is dropped and counted, never waited for.
+//!   more, or a full executor queue, is dropped and counted, never waited for;
+//! - each shadow version has a compute budget, `shadow_cpu` cores (a token
+//!   bucket charged with each copy's time): a copy that finds it spent is
+//!   dropped and counted, so a slow shadow cannot take the primary's cores,
+//!   on a machine where they are shared.
 //!
 //! Comparison results go to the `sluice_shadow_*` metrics and, for the most
 //! different pairs, to a bounded sample per shadow version
@@ -34,6 +38,35 @@ pub struct ShadowState {
     pub diffs: DiffStore,
     metrics: Option<ShadowMetrics>,
     in_flight: AtomicUsize,
+    budget: Mutex<Budget>,
+}
+
+/// A token bucket of compute time: it fills at `cores` seconds per second,
+/// up to one second's worth, and each copy is charged the time it took.
+struct Budget {
+    /// Seconds of compute available now (negative after an expensive copy:
+    /// the next ones wait until it is paid back).
+    available: f64,
+    refilled: Instant,
+}
+
+impl Budget {
+    /// Whether a copy may run now, with `cores` the budget's rate.
+    fn admit(&mut self, cores: f64) -> bool {
+        if cores.is_infinite() {
+            return true;
+        }
+        let now = Instant::now();
+        let capacity = cores.max(0.001);
+        self.available = (self.available + now.duration_since(self.refilled).as_secs_f64() * cores)
+            .min(capacity);
+        self.refilled = now;
+        self.available > 0.0
+    }
+
+    fn charge(&mut self, spent: Duration) {
+        self.available -= spent.as_secs_f64();
+    }
 }
 
 impl ShadowState {
@@ -52,15 +85,27 @@ pub struct ShadowBook {
     capacity: usize,
     /// Pairs kept per shadow version.
     keep: usize,
+    /// Cores of compute each shadow version may use, on average.
+    cores: f64,
 }
 
 impl ShadowBook {
-    pub fn new(metrics: Option<Arc<Metrics>>, capacity: usize, keep: usize) -> ShadowBook {
+    pub fn new(
+        metrics: Option<Arc<Metrics>>,
+        capacity: usize,
+        keep: usize,
+        cores: f64,
+    ) -> ShadowBook {
         ShadowBook {
             states: Mutex::new(HashMap::new()),
             metrics,
             capacity: capacity.max(1),
             keep: keep.max(1),
+            cores: if cores.is_finite() && cores > 0.0 {
+                cores
+            } else {
+                f64::INFINITY
+            },
         }
     }
 
@@ -77,6 +122,10 @@ impl ShadowBook {
                         .as_ref()
                         .map(|m| ShadowMetrics::new(m, model, version)),
                     in_flight: AtomicUsize::new(0),
+                    budget: Mutex::new(Budget {
+                        available: self.cores.clamp(0.0, 1.0),
+                        refilled: Instant::now(),
+                    }),
                 })
             })
             .clone()
@@ -122,6 +171,11 @@ async fn run(book: &ShadowBook, shadow: &ModelExecutor, rule: Agreement, primary
             m.record(outcome);
         }
     };
+    let budget = || state.budget.lock().unwrap_or_else(|e| e.into_inner());
+    if !budget().admit(book.cores) {
+        record(ShadowOutcome::Dropped);
+        return;
+    }
     if state.in_flight.fetch_add(1, Ordering::Relaxed) >= book.capacity {
         state.in_flight.fetch_sub(1, Ordering::Relaxed);
         record(ShadowOutcome::Dropped);
@@ -129,10 +183,17 @@ async fn run(book: &ShadowBook, shadow: &ModelExecutor, rule: Agreement, primary
     }
     let started = Instant::now();
     let result = shadow
-        .infer_queued(primary.inputs.clone(), primary.requested.clone())
+        .infer_background(primary.inputs.clone(), primary.requested.clone())
         .await;
     let latency = started.elapsed();
     state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    // Charged with the session's time; a failed copy (no timing comes back)
+    // with its whole time, waiting included: more than it used, so the
+    // budget errs on the primary's side.
+    budget().charge(match &result {
+        Ok(output) => output.compute,
+        Err(_) => latency,
+    });
     let output = match result {
         Ok(output) => output,
         Err(InferError::QueueFull { .. } | InferError::Stopped { .. }) => {
@@ -187,4 +248,31 @@ async fn run(book: &ShadowBook, shadow: &ModelExecutor, rule: Agreement, primary
         primary_outputs: preview(&primary.outputs),
         shadow_outputs: preview(&output.outputs),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_admits_its_rate_of_compute_and_no_more() {
+        let mut b = Budget {
+            available: 0.25,
+            refilled: Instant::now(),
+        };
+        // 0.25 cores: a 300 ms copy overdraws it...
+        assert!(b.admit(0.25));
+        b.charge(Duration::from_millis(300));
+        assert!(!b.admit(0.25), "overdrawn: the next copy waits");
+        // ...until 200 ms pay back the 50 ms of debt (at a quarter core).
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(b.admit(0.25));
+        // Never more than one second's worth in hand.
+        b.refilled = Instant::now() - Duration::from_secs(100);
+        assert!(b.admit(0.25));
+        assert!(b.available <= 0.25 + 1e-9, "{}", b.available);
+        // No budget: always admitted, whatever was spent.
+        b.charge(Duration::from_secs(1000));
+        assert!(b.admit(f64::INFINITY));
+    }
 }

@@ -33,6 +33,9 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn admin_options() -> HttpOptions {
     HttpOptions {
         admin_keys: KeySet::parse(&format!("{ADMIN_NAME}:{ADMIN_KEY}")).unwrap(),
+        // No compute budget for shadows: the comparison tests count every
+        // copy. The isolation test sets one.
+        shadow_cpu: 0.0,
         ..Default::default()
     }
 }
@@ -1123,8 +1126,11 @@ async fn a_different_shadow_disagrees_with_the_differences_measured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_and_slow_shadows_never_fail_a_primary_request() {
     let _serial = SERIAL.lock().await;
+    // Both bounds at work: two copies in flight, and a hundredth of a core
+    // (about three of the slow shadow's copies a second).
     let options = HttpOptions {
         shadow_queue: 2,
+        shadow_cpu: 0.01,
         ..admin_options()
     };
     let server = start(
