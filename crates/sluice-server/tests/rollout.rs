@@ -297,6 +297,20 @@ async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, Str
     }
 }
 
+/// The shadow's diffs once it has compared `n` copies (polled).
+async fn compared_diffs(server: &TestServer, version: u64, n: u64) -> Value {
+    let path = format!("/admin/models/scale/shadow/{version}/diffs");
+    eventually("every copy compared", async || {
+        let (status, body) = admin(server, Method::GET, &path, None).await;
+        if status == 200 && body["compared"] == n {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await
+}
+
 /// A gate's entry in a decision's evidence.
 fn gate<'a>(evidence: &'a Value, name: &str) -> &'a Value {
     evidence["gates"]
@@ -983,21 +997,7 @@ async fn a_shadow_identical_to_the_primary_agrees_on_every_request() {
         );
         ids.push(answer.request_id.clone());
     }
-    let diffs = eventually("every copy compared", async || {
-        let (status, body) = admin(
-            &server,
-            Method::GET,
-            "/admin/models/scale/shadow/4/diffs",
-            None,
-        )
-        .await;
-        if status == 200 && body["compared"] == N {
-            Ok(body)
-        } else {
-            Err(format!("{status} {body}"))
-        }
-    })
-    .await;
+    let diffs = compared_diffs(&server, 4, N).await;
     assert_eq!(diffs["agreed"], N, "{diffs}");
     assert_eq!(diffs["agreement"], 1.0, "{diffs}");
     let samples = diffs["samples"].as_array().unwrap();
@@ -1063,21 +1063,7 @@ async fn a_different_shadow_disagrees_with_the_differences_measured() {
         let answer = infer(&server, &[], x).await;
         assert_eq!(answer.check(x, by_version), 1);
     }
-    let diffs = eventually("every copy compared", async || {
-        let (status, body) = admin(
-            &server,
-            Method::GET,
-            "/admin/models/scale/shadow/2/diffs",
-            None,
-        )
-        .await;
-        if status == 200 && body["compared"] == N {
-            Ok(body)
-        } else {
-            Err(format!("{status} {body}"))
-        }
-    })
-    .await;
+    let diffs = compared_diffs(&server, 2, N).await;
     assert_eq!(diffs["agreed"], 0, "{diffs}");
     assert_eq!(diffs["agreement"], 0.0, "{diffs}");
     // Computed here from the known input: primary y = x, shadow y = 2x.
