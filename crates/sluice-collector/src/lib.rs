@@ -1,0 +1,10 @@
+//! The drift collector: what it makes of captured inference records.
+//!
+//! `features` turns one captured record (a CloudEvent whose `data` holds the
+//! request's inputs and the response's outputs as OIP JSON tensors) into rows
+//! of named feature values, the unit every drift statistic works on;
+//! `store` keeps what the collector accepted in one file, synced before it
+//! is acknowledged and replayed at start.
+
+pub mod features;
+pub mod store;
