@@ -35,6 +35,8 @@ OUTCOMES = {
     "sluice_model_loads_total": ["success", "failure"],
     "sluice_trace_spans_exported_total": ["success", "dropped"],
     "sluice_shadow_requests_total": ["compared", "failed", "dropped"],
+    "sluice_capture_records_total": ["sent", "dropped", "failed"],
+    "sluice_capture_export_duration_seconds": ["success", "failure"],
 }
 LATENCY_BOUNDS = [0.001, 0.01, 0.1, 1.0]
 LATENCY_SHARES = [0.2, 0.6, 0.9, 0.99]

@@ -98,6 +98,8 @@ def test_label_values_are_bounded(exposition, traffic):
                        else {"success", "failure"} if s.name.startswith("sluice_model_loads")
                        else {"success", "dropped"} if s.name.startswith("sluice_trace_spans")
                        else {"compared", "failed", "dropped"} if s.name.startswith("sluice_shadow_requests")
+                       else {"sent", "dropped", "failed"} if s.name.startswith("sluice_capture_records")
+                       else {"success", "failure"} if s.name.startswith("sluice_capture_export_duration")
                        else set())
             if lab["outcome"] not in allowed:
                 bad.append(f"outcome={lab['outcome']!r} (spec: {sorted(allowed)}): {s.line}")

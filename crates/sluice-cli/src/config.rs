@@ -14,7 +14,8 @@ use serde::Deserialize;
 pub struct ServeArgs {
     /// TOML file with any of the settings below (keys: models, http_addr,
     /// max_body_bytes, require_manifests, rescan_interval_ms, ort_lib,
-    /// log_format, log). Unknown keys are an error. Flags and environment
+    /// log_format, log, capture_url, capture_source, ...: each flag's name
+    /// with `_` for `-`). Unknown keys are an error. Flags and environment
     /// variables override it.
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -84,6 +85,25 @@ pub struct ServeArgs {
     /// the primary's cores; 0 = no budget [default: 0.05]
     #[arg(long, env = "SLUICE_SHADOW_CPU", value_name = "CORES")]
     pub shadow_cpu: Option<f64>,
+    /// Request capture (boxed: keeps `ServeArgs`, and the `Command` enum
+    /// holding it, small).
+    #[command(flatten)]
+    pub capture: Box<CaptureArgs>,
+}
+
+/// The capture flags of `sluice serve`.
+#[derive(Debug, Args, Default)]
+pub struct CaptureArgs {
+    /// Collector of captured requests: the models whose model.toml has a
+    /// [capture] table send sampled requests' inputs and outputs here, as
+    /// CloudEvents batches (POST, application/cloudevents-batch+json), e.g.
+    /// http://127.0.0.1:9000/v1/events. Without it nothing is captured
+    #[arg(long, env = "SLUICE_CAPTURE_URL", value_name = "URL")]
+    pub capture_url: Option<String>,
+    /// The host in captured records' CloudEvents source,
+    /// sluice://<this>/<model> [default: the host name]
+    #[arg(long, env = "SLUICE_CAPTURE_SOURCE", value_name = "NAME")]
+    pub capture_source: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -113,6 +133,8 @@ pub struct FileConfig {
     pub api_keys_file: Option<PathBuf>,
     pub shadow_queue: Option<usize>,
     pub shadow_cpu: Option<f64>,
+    pub capture_url: Option<String>,
+    pub capture_source: Option<String>,
 }
 
 impl FileConfig {
@@ -167,6 +189,16 @@ impl ServeSettings {
         if max_body_bytes == 0 {
             anyhow::bail!("max_body_bytes must be at least 1");
         }
+        let capture = sluice_server::CaptureOptions {
+            url: args
+                .capture
+                .capture_url
+                .or(file.capture_url)
+                .filter(|u| !u.trim().is_empty()),
+            source: args.capture.capture_source.or(file.capture_source),
+            ..Default::default()
+        };
+        capture.check().map_err(|e| anyhow::anyhow!(e))?;
         Ok(ServeSettings {
             models: args
                 .models
@@ -215,6 +247,7 @@ impl ServeSettings {
                     c if c.is_finite() && c >= 0.0 => c,
                     c => anyhow::bail!("shadow_cpu must be a number of cores >= 0, not {c}"),
                 },
+                capture,
                 ..Default::default()
             },
         })
@@ -309,6 +342,55 @@ mod tests {
         assert_eq!(s.http.max_body_bytes, 20);
         assert!(!s.require_manifests);
         assert_eq!(s.rescan_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn capture_url_from_the_file_or_the_flag_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "capture_url = \"http://127.0.0.1:9000/v1/events\"\ncapture_source = \"gw-1\"\n",
+        )
+        .unwrap();
+        let s = ServeSettings::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.http.capture.url.as_deref(),
+            Some("http://127.0.0.1:9000/v1/events")
+        );
+        assert_eq!(s.http.capture.source.as_deref(), Some("gw-1"));
+        let s = ServeSettings::resolve(ServeArgs {
+            config: Some(path),
+            capture: Box::new(CaptureArgs {
+                capture_url: Some("http://collector:9000/e".into()),
+                capture_source: None,
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.http.capture.url.as_deref(),
+            Some("http://collector:9000/e")
+        );
+        // Off by default.
+        let s = ServeSettings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(s.http.capture.url, None);
+        let err = ServeSettings::resolve(ServeArgs {
+            capture: Box::new(CaptureArgs {
+                capture_url: Some("https://collector/e".into()),
+                capture_source: None,
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("https is not supported"),
+            "{err:#}"
+        );
     }
 
     #[test]

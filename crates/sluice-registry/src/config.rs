@@ -22,7 +22,16 @@
 //! [dynamic_batching]            # optional; needs max_batch_size >= 1
 //! max_queue_delay_us = 100      # how long a batch's first request waits for more
 //! preferred_batch_sizes = []    # dispatch at once at these sizes
+//!
+//! [capture]                     # optional: send sampled requests to `--capture-url`
+//! sample_rate = 0.0             # share of successful requests captured, 0..=1; 0 = off
+//! key_header = "x-user-id"      # optional: the same header value is always (or never) captured
+//! what = "both"                 # "inputs" | "outputs" | "both"
+//! queue_size = 1000             # records waiting for export before more are dropped (1..=1000000)
 //! ```
+//!
+//! `[capture]` never reloads a version: it is read from the routing
+//! snapshot by each request, so a change takes effect on the next snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -43,7 +52,7 @@ pub const MAX_INSTANCES: usize = 64;
 /// Build one with [`ModelConfig::load`] or [`ModelConfig::parse`], which both
 /// [`validate`](ModelConfig::validate); `Default` gives the values documented
 /// on each field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// ONNX Runtime sessions per version, each running requests on its own
@@ -95,6 +104,113 @@ pub struct ModelConfig {
     /// than such a run. 0 never does. Ignored with dynamic batching, without warm-up, and for non-CPU
     /// execution providers. Default 50.
     pub inline_max_run_us: u64,
+    /// `[capture]`: which requests are captured (their inputs and outputs
+    /// sent to the capture collector). Off by default. Not a session
+    /// setting: changing it reloads nothing.
+    pub capture: Capture,
+}
+
+/// The most records [`Capture::queue_size`] may ask for.
+pub const MAX_CAPTURE_QUEUE: usize = 1_000_000;
+
+/// `[capture]` in `model.toml`: request capture, for drift detection,
+/// debugging and building datasets from live traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capture {
+    /// Share of successful requests captured, `0..=1`. Default 0: off.
+    pub sample_rate: f64,
+    /// A request header whose value decides, deterministically, whether a
+    /// request is captured (the value is hashed onto `[0, 1)` with SHA-256
+    /// and compared with `sample_rate`), so a given key is always or never
+    /// captured, on every replica. Requests without the header are drawn at
+    /// random. Default none: every request is drawn at random.
+    pub key_header: Option<String>,
+    /// What a record holds besides its metadata. Default `both`.
+    pub what: CaptureWhat,
+    /// Records captured and not yet exported (waiting, or in the batch
+    /// being sent) at which this model's further records are dropped and
+    /// counted. `1..=1_000_000`; default 1000.
+    pub queue_size: usize,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            sample_rate: 0.0,
+            key_header: None,
+            what: CaptureWhat::Both,
+            queue_size: 1000,
+        }
+    }
+}
+
+impl Capture {
+    /// Whether this model asks for any capture at all.
+    pub fn enabled(&self) -> bool {
+        self.sample_rate > 0.0
+    }
+
+    /// Checks the ranges serde cannot express.
+    fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return Err(format!(
+                "capture.sample_rate = {} is out of range: must be between 0 and 1 (0 turns capture off)",
+                self.sample_rate
+            ));
+        }
+        if !(1..=MAX_CAPTURE_QUEUE).contains(&self.queue_size) {
+            return Err(format!(
+                "capture.queue_size = {} is out of range: must be between 1 and {MAX_CAPTURE_QUEUE}",
+                self.queue_size
+            ));
+        }
+        if let Some(h) = &self.key_header
+            && !is_header_name(h)
+        {
+            return Err(format!(
+                "capture.key_header = {h:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only, not empty)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An HTTP header name (RFC 9110 token), at most 256 bytes.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// What a capture record holds: the request's inputs, the response's
+/// outputs, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureWhat {
+    Inputs,
+    Outputs,
+    Both,
+}
+
+impl CaptureWhat {
+    pub fn inputs(self) -> bool {
+        matches!(self, CaptureWhat::Inputs | CaptureWhat::Both)
+    }
+
+    pub fn outputs(self) -> bool {
+        matches!(self, CaptureWhat::Outputs | CaptureWhat::Both)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureWhat::Inputs => "inputs",
+            CaptureWhat::Outputs => "outputs",
+            CaptureWhat::Both => "both",
+        }
+    }
 }
 
 /// `[dynamic_batching]` in `model.toml`.
@@ -135,6 +251,7 @@ impl Default for ModelConfig {
             dynamic_batching: None,
             warmup_shapes: BTreeMap::new(),
             inline_max_run_us: sluice_runtime::DEFAULT_INLINE_MAX_RUN_US,
+            capture: Capture::default(),
         }
     }
 }
@@ -240,6 +357,7 @@ impl ModelConfig {
             }
             seen.push(ep);
         }
+        self.capture.validate()?;
         match &self.version_policy {
             VersionPolicy::All => {}
             VersionPolicy::Latest(0) => {

@@ -60,8 +60,8 @@ mod scan;
 mod watch;
 
 pub use config::{
-    DynamicBatching, ExecutionProvider, GraphOptimization, MAX_INSTANCES, ModelConfig,
-    VersionPolicy,
+    Capture, CaptureWhat, DynamicBatching, ExecutionProvider, GraphOptimization, MAX_CAPTURE_QUEUE,
+    MAX_INSTANCES, ModelConfig, VersionPolicy,
 };
 pub use error::RegistryError;
 pub use manifest::{

@@ -5,8 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use sluice_registry::{
-    DynamicBatching, ExecutionProvider, GraphOptimization, ModelConfig, RegistryError, Repository,
-    VersionPolicy,
+    Capture, CaptureWhat, DynamicBatching, ExecutionProvider, GraphOptimization, ModelConfig,
+    RegistryError, Repository, VersionPolicy,
 };
 
 fn parse(text: &str) -> Result<ModelConfig, RegistryError> {
@@ -75,6 +75,12 @@ fn every_field_is_read() {
         [dynamic_batching]
         max_queue_delay_us = 250
         preferred_batch_sizes = [8, 16]
+
+        [capture]
+        sample_rate = 0.25
+        key_header = "x-user-id"
+        what = "inputs"
+        queue_size = 50
         "#,
     )
     .unwrap();
@@ -102,8 +108,88 @@ fn every_field_is_read() {
             }),
             warmup_shapes: [("images".to_string(), vec![1, 3, 320, 320])].into(),
             inline_max_run_us: 0,
+            capture: Capture {
+                sample_rate: 0.25,
+                key_header: Some("x-user-id".into()),
+                what: CaptureWhat::Inputs,
+                queue_size: 50,
+            },
         }
     );
+}
+
+#[test]
+fn capture_is_off_by_default_and_partial_tables_keep_defaults() {
+    let config = parse("").unwrap();
+    assert_eq!(config.capture, Capture::default());
+    assert_eq!(config.capture.sample_rate, 0.0);
+    assert!(!config.capture.enabled());
+    assert_eq!(config.capture.key_header, None);
+    assert_eq!(config.capture.what, CaptureWhat::Both);
+    assert_eq!(config.capture.queue_size, 1000);
+    // An integer is a rate too.
+    assert_eq!(
+        parse("[capture]\nsample_rate = 1\n")
+            .unwrap()
+            .capture
+            .sample_rate,
+        1.0
+    );
+    let config = parse("[capture]\nsample_rate = 1.0\nwhat = \"outputs\"\n").unwrap();
+    assert!(config.capture.enabled());
+    assert!(config.capture.what.outputs() && !config.capture.what.inputs());
+    assert_eq!(config.capture.queue_size, 1000);
+}
+
+#[test]
+fn invalid_capture_settings_are_refused_with_the_key_and_the_range() {
+    for (text, wanted) in [
+        (
+            "sample_rate = 1.5",
+            "capture.sample_rate = 1.5 is out of range: must be between 0 and 1",
+        ),
+        (
+            "sample_rate = -0.1",
+            "capture.sample_rate = -0.1 is out of range",
+        ),
+        (
+            "sample_rate = nan",
+            "capture.sample_rate = NaN is out of range",
+        ),
+        (
+            "sample_rate = inf",
+            "capture.sample_rate = inf is out of range",
+        ),
+        (
+            "queue_size = 0",
+            "capture.queue_size = 0 is out of range: must be between 1 and 1000000",
+        ),
+        (
+            "queue_size = 1000001",
+            "capture.queue_size = 1000001 is out of range",
+        ),
+        ("queue_size = -1", "queue_size"),
+        ("what = \"everything\"", "unknown variant `everything`"),
+        ("sample_rat = 0.5", "unknown field `sample_rat`"),
+        (
+            "key_header = \"x user\"",
+            "capture.key_header = \"x user\" is not an HTTP header name",
+        ),
+        ("key_header = \"\"", "is not an HTTP header name"),
+    ] {
+        let msg = parse_err(&format!("[capture]\n{text}\n"));
+        assert!(msg.contains(wanted), "{text}: {msg}");
+    }
+    // The bounds themselves are fine.
+    for text in [
+        "sample_rate = 0.0",
+        "sample_rate = 1.0",
+        "queue_size = 1",
+        "queue_size = 1000000",
+        "key_header = \"X-User-Id\"",
+    ] {
+        parse(&format!("[capture]\n{text}\n")).unwrap();
+    }
 }
 
 #[test]

@@ -398,11 +398,23 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let arrival = arrival.map(|a| a.0);
     let started = arrival
-        .map(|a| a.0.0)
+        .map(|a| a.at)
         .unwrap_or_else(std::time::Instant::now);
-    let (executor, result) =
-        infer_inner(&state, &p.model, p.version.as_deref(), headers, body).await;
+    let arrived = Arrived {
+        at: started,
+        trace_id: arrival.map(|a| a.trace_id),
+    };
+    let (executor, result) = infer_inner(
+        &state,
+        &p.model,
+        p.version.as_deref(),
+        arrived,
+        headers,
+        body,
+    )
+    .await;
     let outcome = match &result {
         Ok(_) => Outcome::Success,
         Err(e) => e.outcome(),
@@ -552,6 +564,7 @@ async fn infer_inner(
     state: &AppState,
     model: &str,
     version: Option<&str>,
+    arrived: Arrived,
     headers: HeaderMap,
     body: Body,
 ) -> (Option<Arc<ModelExecutor>>, Result<Response, ApiError>) {
@@ -571,6 +584,14 @@ async fn infer_inner(
         .filter(|(_, s)| routing::sampled(s.percent, routing::random_unit))
         .map(|(e, s)| (e.clone(), s.agreement))
         .collect();
+    // Capture is decided now too, from the model's `[capture]` in this
+    // snapshot; a request that is not sampled costs a draw (or a hash of its
+    // key header) and nothing else.
+    let capture = state
+        .capture
+        .as_ref()
+        .filter(|_| entry.config.capture.enabled())
+        .and_then(|hub| Some((&**hub, hub.plan(&entry.config.capture, &headers)?)));
     let has_policy = entry.policy.is_some();
     drop(entry);
     let _in_flight = InFlight::new(&executor);
@@ -578,8 +599,27 @@ async fn infer_inner(
         variant,
         in_body: has_policy,
     };
-    let result = run_inference(state, &executor, side, shadows, headers, body).await;
+    let after = After {
+        shadows,
+        capture,
+        arrived,
+    };
+    let result = run_inference(state, &executor, side, after, headers, body).await;
     (Some(executor), result)
+}
+
+/// When a request arrived, and its trace id.
+#[derive(Debug, Clone, Copy)]
+struct Arrived {
+    at: std::time::Instant,
+    trace_id: Option<u128>,
+}
+
+/// What happens after the primary answered: shadow copies, capture.
+struct After<'a> {
+    shadows: Vec<(Arc<ModelExecutor>, Agreement)>,
+    capture: Option<(&'a crate::capture::CaptureHub, crate::capture::Plan)>,
+    arrived: Arrived,
 }
 
 /// The side of a rollout a request was routed to, and whether the response
@@ -594,10 +634,15 @@ async fn run_inference(
     state: &AppState,
     executor: &ModelExecutor,
     side: Side,
-    shadows: Vec<(Arc<ModelExecutor>, Agreement)>,
+    after: After<'_>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let After {
+        shadows,
+        capture,
+        arrived,
+    } = after;
     // Failures before the executor sees the request count against the
     // version here; the executor counts its own.
     let started = std::time::Instant::now();
@@ -641,14 +686,33 @@ async fn run_inference(
         .collect();
     // Tensors are reference-counted buffers: the copy for shadows shares them.
     let shadow_copy = (!shadows.is_empty()).then(|| (inputs.clone(), names.clone()));
+    let captured_inputs = capture
+        .filter(|(_, plan)| plan.keeps_inputs())
+        .map(|_| inputs.clone());
     let primary_started = std::time::Instant::now();
     let result = executor.infer(inputs, names).await?;
-    if let Some((inputs, requested)) = shadow_copy {
-        let request_id = headers
+    let request_id = || {
+        headers
             .get(&REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
-            .to_string();
+    };
+    if let Some((hub, plan)) = capture {
+        hub.submit(
+            plan,
+            crate::capture::Answered {
+                executor,
+                variant: side.variant,
+                request_id: request_id(),
+                trace_id: arrived.trace_id,
+                latency: arrived.at.elapsed(),
+                inputs: captured_inputs,
+                outputs: &result.outputs,
+            },
+        );
+    }
+    if let Some((inputs, requested)) = shadow_copy {
+        let request_id = request_id().to_string();
         crate::shadow::dispatch(
             &state.shadows,
             shadows,

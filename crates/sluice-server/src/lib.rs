@@ -15,10 +15,13 @@
 //! 5. decode (JSON or binary), validate against the version's signature,
 //!    queue on the version's executor (429 when full), await the answer.
 //! 6. encode and answer, naming the version that answered.
+//! 7. after the answer: shadow copies and, for a sampled request, its capture
+//!    record are handed to tasks of their own ([`capture`]); neither waits.
 
 mod admin;
 mod auth;
 mod body;
+pub mod capture;
 mod error;
 mod handlers;
 mod rollout;
@@ -39,6 +42,7 @@ use sluice_telemetry::Metrics;
 use tokio::net::TcpListener;
 
 pub use auth::KeySet;
+pub use capture::CaptureOptions;
 pub use error::ApiError;
 
 /// Settings of the HTTP server itself (per-model settings live in each
@@ -71,6 +75,9 @@ pub struct HttpOptions {
     /// bucket charged with each copy's time); copies beyond it are dropped
     /// and counted. Not finite or not positive: no budget.
     pub shadow_cpu: f64,
+    /// Request capture: where records go (`--capture-url`) and how they are
+    /// exported. Without a URL nothing is captured.
+    pub capture: CaptureOptions,
 }
 
 impl Default for HttpOptions {
@@ -85,6 +92,7 @@ impl Default for HttpOptions {
             shadow_queue: 64,
             shadow_diffs_kept: 20,
             shadow_cpu: 0.05,
+            capture: CaptureOptions::default(),
         }
     }
 }
@@ -96,23 +104,45 @@ pub(crate) struct AppState {
     pub options: Arc<HttpOptions>,
     pub shadows: Arc<shadow::ShadowBook>,
     pub rollouts: Arc<rollout::Rollouts>,
+    /// `None` when capture is off (no `--capture-url`).
+    pub capture: Option<Arc<capture::CaptureHub>>,
 }
 
 /// The axum router with every endpoint; exposed for tests that drive it
-/// without a socket.
+/// without a socket. Must be called on a tokio runtime when capture is on
+/// (its exporter is spawned here).
 pub fn router(manager: ModelManager, options: HttpOptions) -> axum::Router {
+    build(manager, options).0
+}
+
+/// The router, and the capture exporter to close at shutdown.
+fn build(
+    manager: ModelManager,
+    options: HttpOptions,
+) -> (axum::Router, Option<capture::Exporting>) {
     let shadows = Arc::new(shadow::ShadowBook::new(
         options.metrics.clone(),
         options.shadow_queue,
         options.shadow_diffs_kept,
         options.shadow_cpu,
     ));
-    handlers::routes(AppState {
+    let (capture, exporting) =
+        match capture::CaptureHub::start(&options.capture, options.metrics.clone()) {
+            Some((hub, exporting)) => (Some(hub), Some(exporting)),
+            None => (None, None),
+        };
+    capture::announce(
+        manager.clone(),
+        capture.as_ref().and(options.capture.url.clone()),
+    );
+    let router = handlers::routes(AppState {
         manager,
         options: Arc::new(options),
         shadows,
         rollouts: Arc::default(),
-    })
+        capture,
+    });
+    (router, exporting)
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting,
@@ -124,7 +154,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let grace = options.shutdown_grace;
-    serve("http", listener, router(manager, options), grace, shutdown).await
+    let (app, capture) = build(manager, options);
+    let served = serve("http", listener, app, grace, shutdown).await;
+    // Records of the last requests are sent (one attempt each) before the
+    // process goes.
+    if let Some(capture) = capture {
+        capture.close(grace.min(Duration::from_secs(5))).await;
+    }
+    served
 }
 
 /// Serves `/metrics` alone on `listener` (the `--metrics-addr` port), until

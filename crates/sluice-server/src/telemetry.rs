@@ -31,9 +31,14 @@ pub struct InferRecord {
 }
 
 /// When the request arrived (before routing and the body), so handlers can
-/// time the request as the client sees it. A request extension.
+/// time the request as the client sees it, and its trace id (its server
+/// span's, or the one its log line and `traceparent` carry when it is not
+/// traced). A request extension (one: each is an allocation).
 #[derive(Debug, Clone, Copy)]
-pub struct Arrival(pub Instant);
+pub struct Arrival {
+    pub at: Instant,
+    pub trace_id: u128,
+}
 
 /// The attributes known once the response is ready.
 fn record_span(span: &tracing::Span, status: axum::http::StatusCode, record: Option<&InferRecord>) {
@@ -115,7 +120,6 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 /// `traceparent` it returns, at the cost of a random number.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    request.extensions_mut().insert(Arrival(started));
     let method = method_label(request.method());
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("");
@@ -136,7 +140,11 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .trace_sample_ratio
         .is_some_and(|ratio| trace::sample(parent.as_ref(), ratio));
 
-    let (mut response, span) = if traced {
+    // The ids of this request's server span, known before the handler runs
+    // (the infer handler puts the trace id in capture records): the real
+    // ones when traced, else made up here, continuing the caller's trace id
+    // when it sent one.
+    let (span, trace_id, span_id, flags) = if traced {
         // Semantic-convention span name: the route template, never the raw path.
         let name = if route.is_empty() {
             method.to_string()
@@ -164,42 +172,42 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
             p.extract(&HeaderExtractor(request.headers()))
         });
         let _ = span.set_parent(cx);
-        (next.run(request).instrument(span.clone()).await, Some(span))
+        let cx = span.context();
+        let otel_span = cx.span();
+        let sc = otel_span.span_context();
+        let flags = if sc.is_sampled() { "01" } else { "00" };
+        let trace_id = u128::from_be_bytes(sc.trace_id().to_bytes());
+        let span_id = u64::from_be_bytes(sc.span_id().to_bytes());
+        (Some(span), trace_id, span_id, flags)
     } else {
-        (next.run(request).await, None)
+        let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(|| {
+            (u128::from(trace::random_u64()) << 64) | u128::from(trace::random_u64() | 1)
+        });
+        // Not recorded here; a caller's sampled flag is passed on as is.
+        let flags = if parent.is_some_and(|p| p.sampled) {
+            "01"
+        } else {
+            "00"
+        };
+        (None, trace_id, trace::random_u64() | 1, flags)
+    };
+    request.extensions_mut().insert(Arrival {
+        at: started,
+        trace_id,
+    });
+    let mut response = match &span {
+        Some(span) => next.run(request).instrument(span.clone()).await,
+        None => next.run(request).await,
     };
 
     let status = response.status();
     let elapsed = started.elapsed();
     let record = response.extensions().get::<InferRecord>().cloned();
-    // The ids of this request's server span: the real one when traced, else
-    // made up here, continuing the caller's trace id when it sent one.
-    let (trace_id, span_id, flags) = match &span {
-        Some(span) => {
-            record_span(span, status, record.as_ref());
-            let cx = span.context();
-            let otel_span = cx.span();
-            let sc = otel_span.span_context();
-            let flags = if sc.is_sampled() { "01" } else { "00" };
-            (sc.trace_id().to_string(), sc.span_id().to_string(), flags)
-        }
-        None => {
-            let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(|| {
-                (u128::from(trace::random_u64()) << 64) | u128::from(trace::random_u64() | 1)
-            });
-            // Not recorded here; a caller's sampled flag is passed on as is.
-            let flags = if parent.is_some_and(|p| p.sampled) {
-                "01"
-            } else {
-                "00"
-            };
-            (
-                format!("{trace_id:032x}"),
-                format!("{:016x}", trace::random_u64() | 1),
-                flags,
-            )
-        }
-    };
+    if let Some(span) = &span {
+        record_span(span, status, record.as_ref());
+    }
+    let trace_id = format!("{trace_id:032x}");
+    let span_id = format!("{span_id:016x}");
     if let Ok(v) = HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-{flags}")) {
         response.headers_mut().insert("traceparent", v);
     }

@@ -158,6 +158,10 @@ async fn the_exposition_matches_the_spec_after_traffic() {
         r#"sluice_shadow_requests_total{model="scale",version="3",outcome="compared"} 1"#
     ));
     assert!(text.contains(r#"sluice_queue_duration_seconds_count{model="scale",version="1"} 1"#));
+    // Capture is off here (no collector): its series exist, at zero.
+    assert!(text.contains(r#"sluice_capture_records_total{model="scale",outcome="dropped"} 0"#));
+    assert!(text.contains("sluice_capture_queue_depth 0\n"));
+    assert!(text.contains(r#"sluice_capture_export_duration_seconds_count{outcome="success"} 0"#));
     assert!(text.contains(r#"http_route="/v2/models/{model}/infer""#));
     // The route template, never the raw path.
     assert!(

@@ -247,6 +247,22 @@ pub fn encode(metrics: &Metrics, format: Format) -> String {
     histograms(&metrics.shadow_rel_diff, format, &mut out);
     histograms(&metrics.shadow_latency_ratio, format, &mut out);
     counters(&metrics.rollout_decisions, format, &mut out);
+    counters(&metrics.capture_records, format, &mut out);
+    header(
+        "sluice_capture_queue_depth",
+        "Capture records waiting for export (queued or in the batch being sent), read at scrape time.",
+        Kind::Gauge,
+        format,
+        &mut out,
+    );
+    sample(
+        "sluice_capture_queue_depth",
+        &[],
+        &[],
+        metrics.capture_queue_depth() as f64,
+        &mut out,
+    );
+    histograms(&metrics.capture_export_duration, format, &mut out);
     if format == Format::OpenMetrics {
         out.push_str("# EOF\n");
     }
@@ -289,6 +305,25 @@ mod tests {
         ));
         assert!(text.contains("sluice_queue_depth{model=\"iris\",version=\"1\"} 3\n"));
         assert!(text.contains("sluice_model_versions_loaded{model=\"iris\"} 2\n"));
+        // Capture: the model's counters exist at zero once a version has
+        // handles; the depth is read from its source; both export outcomes
+        // exist from the start.
+        assert!(
+            text.contains(
+                "sluice_capture_records_total{model=\"ir\\\"is\",outcome=\"dropped\"} 0\n"
+            )
+        );
+        assert!(text.contains("sluice_capture_queue_depth 0\n"));
+        assert!(
+            text.contains("sluice_capture_export_duration_seconds_count{outcome=\"failure\"} 0\n")
+        );
+        v.capture.record(crate::CaptureOutcome::Sent, 3);
+        m.set_capture_depth_source(|| 7);
+        let text = encode(&m, Format::Prometheus);
+        assert!(text.contains("sluice_capture_queue_depth 7\n"));
+        assert!(
+            text.contains("sluice_capture_records_total{model=\"ir\\\"is\",outcome=\"sent\"} 3\n")
+        );
         assert!(!text.contains("# EOF"));
         assert!(!text.contains("trace_id"));
 

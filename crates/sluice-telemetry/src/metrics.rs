@@ -220,6 +220,36 @@ pub struct LiveState {
 }
 
 type LiveSource = Box<dyn Fn() -> LiveState + Send + Sync>;
+type DepthSource = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// How a captured record ended: the `outcome` label of
+/// `sluice_capture_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureOutcome {
+    /// The collector accepted the batch holding it.
+    Sent,
+    /// Not queued: the capture queue was full.
+    Dropped,
+    /// Queued, but its batch was refused or could not be delivered within
+    /// the exporter's retries.
+    Failed,
+}
+
+impl CaptureOutcome {
+    pub const ALL: [CaptureOutcome; 3] = [
+        CaptureOutcome::Sent,
+        CaptureOutcome::Dropped,
+        CaptureOutcome::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureOutcome::Sent => "sent",
+            CaptureOutcome::Dropped => "dropped",
+            CaptureOutcome::Failed => "failed",
+        }
+    }
+}
 
 /// Every metric family of the process.
 pub struct Metrics {
@@ -241,7 +271,12 @@ pub struct Metrics {
     pub shadow_rel_diff: Family<Histogram>,
     pub shadow_latency_ratio: Family<Histogram>,
     pub rollout_decisions: Family<Counter>,
+    pub capture_records: Family<Counter>,
+    /// One POST of a batch of capture records, `outcome` = `success` or
+    /// `failure`.
+    pub capture_export_duration: Family<Histogram>,
     live: ArcSwapOption<LiveSource>,
+    capture_depth: ArcSwapOption<DepthSource>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -383,8 +418,31 @@ impl Metrics {
                 &["model", "decision"],
                 Counter::default,
             ),
+            capture_records: Family::new(
+                "sluice_capture_records_total",
+                "Captured inference records, by outcome.",
+                &["model", "outcome"],
+                Counter::default,
+            ),
+            capture_export_duration: Family::new(
+                "sluice_capture_export_duration_seconds",
+                "One POST of a batch of capture records to the collector, by outcome.",
+                &["outcome"],
+                latency,
+            ),
             live: ArcSwapOption::empty(),
+            capture_depth: ArcSwapOption::empty(),
         }
+        .with_capture_export_series()
+    }
+
+    /// Both outcomes of the export histogram exist from the start, at zero,
+    /// so that dashboards see zeros rather than gaps.
+    fn with_capture_export_series(self) -> Metrics {
+        for outcome in ["success", "failure"] {
+            self.capture_export_duration.get(&[outcome]);
+        }
+        self
     }
 
     /// Drops the series of a version that is gone (unloaded and drained),
@@ -419,6 +477,58 @@ impl Metrics {
             None => LiveState::default(),
         }
     }
+
+    /// Sets where `sluice_capture_queue_depth` is read from at scrape time
+    /// (the capture queue).
+    pub fn set_capture_depth_source(&self, source: impl Fn() -> usize + Send + Sync + 'static) {
+        self.capture_depth.store(Some(Arc::new(Box::new(source))));
+    }
+
+    /// Capture records waiting for export now; 0 without capture.
+    pub fn capture_queue_depth(&self) -> usize {
+        match self.capture_depth.load_full() {
+            Some(f) => f(),
+            None => 0,
+        }
+    }
+}
+
+/// The capture counters of one model (`sluice_capture_records_total`),
+/// resolved off the request path: with a version's handles when it loads,
+/// so that every model has them, at zero, and a captured record carries its
+/// model's handles to the exporter.
+#[derive(Debug)]
+pub struct CaptureCounters {
+    sent: Arc<Counter>,
+    dropped: Arc<Counter>,
+    failed: Arc<Counter>,
+}
+
+impl CaptureCounters {
+    pub fn new(metrics: &Metrics, model: &str) -> CaptureCounters {
+        let get = |o: CaptureOutcome| metrics.capture_records.get(&[model, o.as_str()]);
+        CaptureCounters {
+            sent: get(CaptureOutcome::Sent),
+            dropped: get(CaptureOutcome::Dropped),
+            failed: get(CaptureOutcome::Failed),
+        }
+    }
+
+    pub fn record(&self, outcome: CaptureOutcome, n: u64) {
+        match outcome {
+            CaptureOutcome::Sent => self.sent.inc_by(n),
+            CaptureOutcome::Dropped => self.dropped.inc_by(n),
+            CaptureOutcome::Failed => self.failed.inc_by(n),
+        }
+    }
+
+    pub fn get(&self, outcome: CaptureOutcome) -> u64 {
+        match outcome {
+            CaptureOutcome::Sent => self.sent.get(),
+            CaptureOutcome::Dropped => self.dropped.get(),
+            CaptureOutcome::Failed => self.failed.get(),
+        }
+    }
 }
 
 /// The handles of one model version, resolved once when it loads, so that
@@ -431,6 +541,9 @@ pub struct VersionMetrics {
     pub compute_output: Arc<Histogram>,
     pub batch_size: Arc<Histogram>,
     pub in_flight: Arc<Gauge>,
+    /// The model's capture counters (no version label: shared by its
+    /// versions).
+    pub capture: Arc<CaptureCounters>,
     requests: Vec<Arc<Counter>>,
     durations: Vec<Arc<Histogram>>,
 }
@@ -458,6 +571,7 @@ impl VersionMetrics {
             compute_output: metrics.compute_output.get(&labels),
             batch_size: metrics.batch_size.get(&labels),
             in_flight: metrics.in_flight.get(&labels),
+            capture: Arc::new(CaptureCounters::new(metrics, model)),
             requests: per_outcome(&metrics.requests, model, &v, protocol),
             durations: per_outcome(&metrics.request_duration, model, &v, protocol),
         }
