@@ -89,6 +89,9 @@ pub struct ServeArgs {
     /// holding it, small).
     #[command(flatten)]
     pub capture: Box<CaptureArgs>,
+    /// The drift collector in process (flags and environment only).
+    #[command(flatten)]
+    pub collector: Box<crate::collector::ServeCollectorArgs>,
 }
 
 /// The capture flags of `sluice serve`.
@@ -158,6 +161,9 @@ pub struct ServeSettings {
     pub http: sluice_server::HttpOptions,
     pub metrics_addr: Option<SocketAddr>,
     pub trace: sluice_telemetry::trace::TraceConfig,
+    /// The drift collector to run in process: `None` with --no-collector or
+    /// when --capture-url sends records elsewhere.
+    pub collector: Option<crate::collector::CollectorSettings>,
 }
 
 impl ServeSettings {
@@ -199,7 +205,10 @@ impl ServeSettings {
             ..Default::default()
         };
         capture.check().map_err(|e| anyhow::anyhow!(e))?;
+        let collector = (!args.collector.no_collector && capture.url.is_none())
+            .then(|| args.collector.settings.clone());
         Ok(ServeSettings {
+            collector,
             models: args
                 .models
                 .or_else(|| from_file(file.models))

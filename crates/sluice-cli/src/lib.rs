@@ -1,11 +1,14 @@
-//! The `sluice` command line: `serve`, `models publish|list`, `rollout ...`
-//! and `audit ...`.
+//! The `sluice` command line: `serve` (with the drift collector in process),
+//! `collector` (standalone), `models publish|list`, `rollout ...`,
+//! `audit ...` and `drift compare|reference set`.
 //!
 //! Every `serve` setting comes, in order of precedence, from its flag, its
 //! `SLUICE_*` environment variable, the `--config` TOML file, or its default.
 //! `anyhow` lives here only: the library crates have typed errors.
 
+mod collector;
 mod config;
+mod drift;
 mod rollout;
 
 use std::path::PathBuf;
@@ -40,6 +43,13 @@ pub enum Command {
     /// The registry's audit log of policy changes, promotions and rollbacks.
     #[command(subcommand)]
     Audit(rollout::AuditCommand),
+    /// Distribution drift: between two samples of features (CSV files), and
+    /// the collector's reference datasets.
+    #[command(subcommand)]
+    Drift(drift::DriftCommand),
+    /// Run the drift collector alone; gateways send it their captured
+    /// requests with --capture-url http://HOST:PORT/v1/events.
+    Collector(collector::CollectorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +139,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rollout(command) => rollout::run_rollout(command),
         Command::Audit(command) => rollout::run_audit(command),
+        Command::Drift(command) => drift::run(command),
+        Command::Collector(args) => collector::run_standalone(args),
         Command::Models(ModelsCommand::List { models }) => {
             let repo = sluice_registry::Repository::open(&models)?;
             let scan = repo.scan()?;
@@ -217,6 +229,29 @@ pub async fn serve(
         None => None,
     };
     let mut http = settings.http.clone();
+    if let Some(collector) = &settings.collector {
+        // The collector in process: its routes on this port, and captured
+        // requests sent to it over loopback like to any other collector.
+        let (collector, routes) = collector.open()?;
+        http.extra_routes = Some(routes);
+        let port = addr.port();
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        let host = if addr.is_ipv6() && !addr.ip().is_unspecified() {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        http.capture.url = Some(format!("http://{host}:{port}/v1/events"));
+        tracing::info!(
+            store = %settings.collector.as_ref().map(|c| c.collector_store.display().to_string()).unwrap_or_default(),
+            versions = collector.versions().len(),
+            "drift collector in process: captured requests go to /v1/events, drift at / and /v1/models/{{m}}/drift"
+        );
+    }
     http.metrics = Some(metrics);
     http.trace_sample_ratio = settings
         .trace

@@ -6,5 +6,9 @@
 //! `store` keeps what the collector accepted in one file, synced before it
 //! is acknowledged and replayed at start.
 
+pub mod collector;
+pub mod evaluate;
 pub mod features;
+pub mod page;
+pub mod server;
 pub mod store;

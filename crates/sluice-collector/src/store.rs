@@ -82,6 +82,10 @@ pub enum Entry {
         time: String,
         /// Where it came from: an uploaded file's name, or "first N records".
         source: String,
+        /// Rows it took from those waiting for a reference (an automatic
+        /// reference); the rest of them start the first window.
+        #[serde(default)]
+        consumed: u64,
         columns: Columns,
     },
     /// A window that was closed and compared with the reference.

@@ -78,6 +78,9 @@ pub struct HttpOptions {
     /// Request capture: where records go (`--capture-url`) and how they are
     /// exported. Without a URL nothing is captured.
     pub capture: CaptureOptions,
+    /// More routes served on the same port (the in-process drift
+    /// collector's), outside the gateway's request layers.
+    pub extra_routes: Option<axum::Router>,
 }
 
 impl Default for HttpOptions {
@@ -93,6 +96,7 @@ impl Default for HttpOptions {
             shadow_diffs_kept: 20,
             shadow_cpu: 0.05,
             capture: CaptureOptions::default(),
+            extra_routes: None,
         }
     }
 }
@@ -135,6 +139,8 @@ fn build(
         manager.clone(),
         capture.as_ref().and(options.capture.url.clone()),
     );
+    let mut options = options;
+    let extra = options.extra_routes.take();
     let router = handlers::routes(AppState {
         manager,
         options: Arc::new(options),
@@ -142,6 +148,10 @@ fn build(
         rollouts: Arc::default(),
         capture,
     });
+    let router = match extra {
+        Some(extra) => router.merge(extra),
+        None => router,
+    };
     (router, exporting)
 }
 
