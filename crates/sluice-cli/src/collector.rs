@@ -10,19 +10,18 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
+use sha2::Digest;
 use sluice_collector::collector::{Collector, CollectorOptions};
 use sluice_collector::server::{CollectorState, routes};
 
 /// How the collector runs: shared by `sluice collector` and `sluice serve`.
 #[derive(Debug, Clone, Args)]
 pub struct CollectorSettings {
-    /// The collector's store: one file, everything it accepted
-    #[arg(
-        long,
-        env = "SLUICE_COLLECTOR_STORE",
-        default_value = ".sluice/collector.jsonl"
-    )]
-    pub collector_store: PathBuf,
+    /// The collector's store: one file, everything it accepted [default:
+    /// .sluice/collector/<name of the model repository>-<hash of its path>.jsonl
+    /// under `sluice serve`, .sluice/collector/standalone.jsonl otherwise]
+    #[arg(long, env = "SLUICE_COLLECTOR_STORE")]
+    pub collector_store: Option<PathBuf>,
     /// Rows (batch items) per drift window
     #[arg(long, env = "SLUICE_DRIFT_WINDOW_ROWS", default_value_t = 500)]
     pub drift_window_rows: usize,
@@ -41,7 +40,7 @@ pub struct CollectorSettings {
 impl Default for CollectorSettings {
     fn default() -> Self {
         CollectorSettings {
-            collector_store: PathBuf::from(".sluice/collector.jsonl"),
+            collector_store: None,
             drift_window_rows: 500,
             drift_reference_rows: 1000,
             drift_webhooks: Vec::new(),
@@ -61,8 +60,37 @@ pub struct ServeCollectorArgs {
 }
 
 impl CollectorSettings {
-    /// Opens the store and builds the collector's routes.
-    pub fn open(&self) -> anyhow::Result<(Arc<Collector>, axum::Router)> {
+    /// The store for a collector serving the repository `models` (its own
+    /// file per repository, so two gateways in one directory do not share
+    /// one), or the standalone collector's.
+    pub fn store_for(&self, models: Option<&Path>) -> PathBuf {
+        if let Some(path) = &self.collector_store {
+            return path.clone();
+        }
+        let dir = PathBuf::from(".sluice/collector");
+        let Some(models) = models else {
+            return dir.join("standalone.jsonl");
+        };
+        let full = std::fs::canonicalize(models).unwrap_or_else(|_| models.to_path_buf());
+        let digest = sha2::Sha256::digest(full.to_string_lossy().as_bytes());
+        let name: String = full
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("models")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        dir.join(format!("{name}-{}.jsonl", hex::encode(&digest[..6])))
+    }
+
+    /// Opens the store (`store`) and builds the collector's routes.
+    pub fn open(&self, store: PathBuf) -> anyhow::Result<(Arc<Collector>, axum::Router)> {
         if self.drift_window_rows == 0 || self.drift_reference_rows == 0 {
             bail!("--drift-window-rows and --drift-reference-rows must be at least 1");
         }
@@ -74,12 +102,12 @@ impl CollectorSettings {
         let options = CollectorOptions {
             window_rows: self.drift_window_rows,
             reference_rows: self.drift_reference_rows,
-            ..CollectorOptions::new(self.collector_store.clone())
+            ..CollectorOptions::new(store.clone())
         };
         let collector = Arc::new(Collector::open(options).with_context(|| {
             format!(
-                "cannot open the collector's store {}",
-                self.collector_store.display()
+                "cannot open the collector's store {} (give another with --collector-store, or --no-collector)",
+                store.display()
             )
         })?);
         let state = CollectorState {
@@ -114,14 +142,15 @@ pub fn run_standalone(args: CollectorArgs) -> anyhow::Result<()> {
         .thread_name("sluice-collector")
         .build()?;
     rt.block_on(async {
-        let (collector, app) = args.settings.open()?;
+        let store = args.settings.store_for(None);
+        let (collector, app) = args.settings.open(store.clone())?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
         // Scripts and tests read this line to find the port.
         println!("collector on http://{addr}");
-        tracing::info!(%addr, store = %args.settings.collector_store.display(),
+        tracing::info!(%addr, store = %store.display(),
             versions = collector.versions().len(), "drift collector serving");
         axum::serve(listener, app)
             .with_graceful_shutdown(crate::shutdown_signal())

@@ -232,7 +232,8 @@ pub async fn serve(
     if let Some(collector) = &settings.collector {
         // The collector in process: its routes on this port, and captured
         // requests sent to it over loopback like to any other collector.
-        let (collector, routes) = collector.open()?;
+        let store = collector.store_for(Some(&settings.models));
+        let (collector, routes) = collector.open(store.clone())?;
         http.extra_routes = Some(routes);
         let port = addr.port();
         let host = if addr.ip().is_unspecified() {
@@ -247,7 +248,7 @@ pub async fn serve(
         };
         http.capture.url = Some(format!("http://{host}:{port}/v1/events"));
         tracing::info!(
-            store = %settings.collector.as_ref().map(|c| c.collector_store.display().to_string()).unwrap_or_default(),
+            store = %store.display(),
             versions = collector.versions().len(),
             "drift collector in process: captured requests go to /v1/events, drift at / and /v1/models/{{m}}/drift"
         );

@@ -119,6 +119,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is in use by another collector (one store, one collector)")]
+    InUse { path: PathBuf },
     #[error("{path} line {line} is damaged ({reason}); refusing to start rather than lose it")]
     Damaged {
         path: PathBuf,
@@ -155,6 +157,7 @@ impl Store {
             .create(true)
             .open(path)
             .map_err(io("open"))?;
+        lock_exclusively(&file, path)?;
         let mut entries = Vec::new();
         let mut good_len = 0u64;
         let mut torn = false;
@@ -224,6 +227,33 @@ impl Store {
     }
 }
 
+/// Takes the store for this process: two collectors appending to one file
+/// would each replay only their own view of it. The lock goes with the file.
+fn lock_exclusively(file: &File, path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function borrows; no memory is
+        // shared with the kernel.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
+                StoreError::InUse {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                StoreError::Io {
+                    action: "lock",
+                    path: path.to_path_buf(),
+                    source: err,
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +319,16 @@ mod tests {
             Store::open(&path),
             Err(StoreError::Damaged { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn one_store_one_collector() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.jsonl");
+        let (first, _) = Store::open(&path).unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::InUse { .. })));
+        drop(first);
+        assert!(Store::open(&path).is_ok());
     }
 
     #[test]

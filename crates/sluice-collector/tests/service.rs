@@ -172,8 +172,22 @@ async fn drift_is_found_shown_announced_and_kept_across_a_restart() {
     assert_eq!(r.status(), 400);
 
     // A restart over the same store: the same report.
+    // (The store is the collector's alone: the first must be gone first,
+    // with the connections that still hold it.)
     task.abort();
-    let reopened = Collector::open(options).unwrap();
+    let _ = task.await;
+    drop(client);
+    let mut reopened = None;
+    for _ in 0..100 {
+        match Collector::open(options.clone()) {
+            Ok(c) => {
+                reopened = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let reopened = reopened.expect("the store is released once the first collector is gone");
     let again = reopened.model_report("m").unwrap();
     assert_eq!(again, report);
 }
