@@ -145,6 +145,18 @@ def test_in_process_collector_finds_a_shift_and_keeps_it_across_a_restart(tmp_pa
         assert v["alert"]["window"] - 3 < 2, v["alert"]
         status, alerts = http("GET", gw.url + "/v1/alerts")
         assert status == 200 and json.loads(alerts)["alerts"][0]["model"] == "iris"
+        # The drift metrics, in a format Prometheus's own checker accepts.
+        status, metrics = http("GET", gw.url + "/v1/metrics")
+        assert status == 200
+        metrics = metrics.decode()
+        assert 'sluice_drift_alert{model="iris",version="2"} 1' in metrics, metrics
+        assert re.search(r'sluice_drift_feature_drifted\{model="iris",version="2",feature="input\[2\]",'
+                         r'method="\w+"\} 1', metrics), metrics
+        promtool = shutil.which("promtool")
+        if promtool:
+            check = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True,
+                                   text=True, timeout=60)
+            assert check.returncode == 0, check.stdout + check.stderr
         status, page = http("GET", gw.url + "/")
         assert status == 200
         page = page.decode()

@@ -124,6 +124,9 @@ pub struct Collector {
     store: Store,
     options: CollectorOptions,
     versions: Mutex<HashMap<(String, u64), VersionState>>,
+    /// Events accepted and rejected since start (for the metrics).
+    accepted: std::sync::atomic::AtomicU64,
+    rejected: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> String {
@@ -155,6 +158,8 @@ impl Collector {
             store,
             options,
             versions: Mutex::new(HashMap::new()),
+            accepted: Default::default(),
+            rejected: Default::default(),
         };
         {
             let mut versions = collector.lock();
@@ -297,6 +302,9 @@ impl Collector {
                 }
             }
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.accepted.fetch_add(summary.accepted, Relaxed);
+        self.rejected.fetch_add(summary.rejected, Relaxed);
         let mut changes = Vec::new();
         let mut versions = self.lock();
         for ((model, version), (records, rows)) in by_version {
@@ -545,6 +553,107 @@ impl Collector {
             .collect();
         v.sort_by(|a, b| (&a.model, a.version).cmp(&(&b.model, b.version)));
         v
+    }
+
+    /// The collector's metrics in the Prometheus text format (0.0.4): events
+    /// accepted and rejected, windows closed, alerts in force, and each
+    /// feature's latest score and verdict.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        fn esc(s: &str) -> String {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        }
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(
+            "sluice_collector_events_total",
+            "counter",
+            "CloudEvents received by the collector, by outcome.",
+        );
+        let mut lines = String::new();
+        for (outcome, n) in [
+            ("accepted", self.accepted.load(Relaxed)),
+            ("rejected", self.rejected.load(Relaxed)),
+        ] {
+            let _ = writeln!(
+                lines,
+                "sluice_collector_events_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str(&lines);
+        let versions = self.lock();
+        let mut keys: Vec<&(String, u64)> = versions.keys().collect();
+        keys.sort();
+        let mut windows = String::new();
+        let mut alerts = String::new();
+        let mut scores = String::new();
+        let mut drifted = String::new();
+        for key in keys {
+            let state = &versions[key];
+            let labels = format!("model=\"{}\",version=\"{}\"", esc(&key.0), key.1);
+            let _ = writeln!(
+                windows,
+                "sluice_drift_windows_total{{{labels}}} {}",
+                state.next_index
+            );
+            let _ = writeln!(
+                alerts,
+                "sluice_drift_alert{{{labels}}} {}",
+                u8::from(state.alert.is_some())
+            );
+            if let Some(w) = state.windows.back() {
+                for f in &w.features {
+                    let fl = format!(
+                        "{labels},feature=\"{}\",method=\"{}\"",
+                        esc(&f.feature),
+                        esc(&f.method)
+                    );
+                    if f.score.is_finite() {
+                        let _ = writeln!(scores, "sluice_drift_score{{{fl}}} {}", f.score);
+                    }
+                    let _ = writeln!(
+                        drifted,
+                        "sluice_drift_feature_drifted{{{fl}}} {}",
+                        u8::from(f.drifted)
+                    );
+                }
+            }
+        }
+        drop(versions);
+        let mut family2 = |name: &str, kind: &str, help: &str, body: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            out.push_str(body);
+        };
+        family2(
+            "sluice_drift_windows_total",
+            "counter",
+            "Windows closed and compared with the reference, per model version.",
+            &windows,
+        );
+        family2(
+            "sluice_drift_alert",
+            "gauge",
+            "1 while a model version's drift alert is raised, else 0.",
+            &alerts,
+        );
+        family2(
+            "sluice_drift_score",
+            "gauge",
+            "Each feature's score in the latest window, by the method that judged it.",
+            &scores,
+        );
+        family2(
+            "sluice_drift_feature_drifted",
+            "gauge",
+            "1 when the feature drifted in the latest window, else 0.",
+            &drifted,
+        );
+        out
     }
 
     /// Each version's latest window scores, for metrics:

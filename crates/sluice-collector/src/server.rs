@@ -7,6 +7,7 @@
 //! | `PUT /v1/models/{m}/versions/{v}/reference` | a reference dataset: CSV (header row) or OIP JSON tensors (`{"inputs": [...], "outputs": [...]}`) |
 //! | `GET /v1/models/{m}/drift` | reference, windows with per-feature drift, alert |
 //! | `GET /v1/alerts` | alerts in force |
+//! | `GET /v1/metrics` | the collector's metrics, Prometheus text format (drift scores, alerts) |
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ pub fn routes(state: CollectorState) -> axum::Router {
         )
         .route("/v1/models/{model}/drift", get(drift))
         .route("/v1/alerts", get(alerts))
+        .route("/v1/metrics", get(metrics))
         .route("/", get(crate::page::index))
         .with_state(state)
 }
@@ -287,6 +289,17 @@ async fn drift(State(state): State<CollectorState>, Path(model): Path<String>) -
             format!("the collector has nothing for model '{model}'"),
         ),
     }
+}
+
+async fn metrics(State(state): State<CollectorState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.collector.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn alerts(State(state): State<CollectorState>) -> Response {

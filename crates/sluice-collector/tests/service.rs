@@ -150,6 +150,29 @@ async fn drift_is_found_shown_announced_and_kept_across_a_restart() {
     assert_eq!(hooks[0]["type"], "dev.sluice.drift.alert.raised");
     assert_eq!(hooks[0]["data"]["features"][0], "input[1]");
 
+    // The metrics: the alert, and the drifted feature's score.
+    let text = client
+        .get(format!("{url}/v1/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("sluice_drift_alert{model=\"m\",version=\"1\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("sluice_drift_windows_total{model=\"m\",version=\"1\"} 4"));
+    assert!(text.contains("sluice_collector_events_total{outcome=\"accepted\"} 32"));
+    assert!(
+        text.contains("sluice_drift_feature_drifted{model=\"m\",version=\"1\",feature=\"input[1]\",method=\"ks\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "sluice_drift_score{model=\"m\",version=\"1\",feature=\"input[1]\",method=\"ks\"} "
+    ));
+
     // The page has the charts.
     let page = client.get(format!("{url}/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
