@@ -12,6 +12,8 @@ step "Python test environment (.venv)"
 scripts/setup-venv.sh
 step "Prometheus and promtool (if missing)"
 scripts/setup-prometheus.sh
+step "Chromium, for the drift page in a real browser (if missing)"
+scripts/setup-chromium.sh
 step "Triton's perf_analyzer (if missing)"
 scripts/setup-perf-analyzer.sh
 

@@ -1,7 +1,8 @@
 """The whole loop with the real binary: `sluice serve` captures sampled
 requests into its in-process drift collector, which finds a shift of half
 a standard deviation in one feature, ranks it first, raises the alert, keeps
-everything across a restart, and shows it on its page; a standalone
+everything across a restart, and shows it on its page (checked in a real
+headless Chromium); a standalone
 `sluice collector` that goes away costs the gateway nothing, and capture
 resumes when it is back.
 
@@ -77,6 +78,22 @@ def wait_ready(url: str):
             pass
         time.sleep(0.05)
     raise AssertionError("the gateway never became ready")
+
+
+def headless_dom(url: str, tmp: Path) -> str:
+    """The page's DOM as Debian's Chromium (headless) builds it, and a
+    screenshot of it in tmp/page.png. scripts/setup-chromium.sh installs it."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is missing: run scripts/setup-chromium.sh")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp / 'chromium'}", "--window-size=1400,1000"]
+    shot = subprocess.run([chromium, *flags, f"--screenshot={tmp / 'page.png'}", url],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
 
 
 def repository(tmp: Path) -> Path:
@@ -162,6 +179,12 @@ def test_in_process_collector_finds_a_shift_and_keeps_it_across_a_restart(tmp_pa
         page = page.decode()
         assert 'class="chart timeline"' in page and 'class="chart distribution"' in page
         assert "<script" not in page, "the page must load nothing"
+        # And in a real browser: Chromium loads it and finds the charts.
+        dom = headless_dom(gw.url + "/", tmp_path)
+        assert dom.count('class="chart timeline"') == 1, dom[:2000]
+        assert dom.count('class="chart distribution"') >= 1, dom[:2000]
+        assert "<polyline" in dom and "<rect" in dom, dom[:2000]
+        assert (tmp_path / "page.png").stat().st_size > 10_000, "the screenshot is blank"
         before = report(gw.url)
     finally:
         gw.stop()
