@@ -28,6 +28,23 @@ pub struct CollectorSettings {
     /// Rows that become a version's reference when none was uploaded
     #[arg(long, env = "SLUICE_DRIFT_REFERENCE_ROWS", default_value_t = 1000)]
     pub drift_reference_rows: usize,
+    /// A window also closes when its first row is this many seconds old
+    /// and it has --drift-min-window-rows rows (0: by rows only)
+    #[arg(long, env = "SLUICE_DRIFT_WINDOW_SECONDS", default_value_t = 0.0)]
+    pub drift_window_seconds: f64,
+    /// The fewest rows of a window closed by time
+    #[arg(long, env = "SLUICE_DRIFT_MIN_WINDOW_ROWS", default_value_t = 30)]
+    pub drift_min_window_rows: usize,
+    /// A drift threshold or setting, NAME=VALUE (repeatable): ks_p_value
+    /// (0.05), chi_square_p_value (0.05), psi (0.1), js (0.1), wasserstein
+    /// (0.1, normalised), n_bins (10), correction (bh, bonferroni or none)
+    #[arg(
+        long = "drift-threshold",
+        value_name = "NAME=VALUE",
+        env = "SLUICE_DRIFT_THRESHOLDS",
+        value_delimiter = ','
+    )]
+    pub drift_thresholds: Vec<String>,
     /// URL to POST drift alerts to, as CloudEvents (repeatable)
     #[arg(
         long = "drift-webhook",
@@ -44,6 +61,9 @@ impl Default for CollectorSettings {
             drift_window_rows: 500,
             drift_reference_rows: 1000,
             drift_webhooks: Vec::new(),
+            drift_window_seconds: 0.0,
+            drift_min_window_rows: 30,
+            drift_thresholds: Vec::new(),
         }
     }
 }
@@ -99,8 +119,15 @@ impl CollectorSettings {
                 bail!("--drift-webhook {url:?}: only http:// URLs are supported");
             }
         }
+        if !(self.drift_window_seconds.is_finite() && self.drift_window_seconds >= 0.0) {
+            bail!("--drift-window-seconds must be a number of seconds >= 0");
+        }
         let options = CollectorOptions {
             window_rows: self.drift_window_rows,
+            window_span: (self.drift_window_seconds > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(self.drift_window_seconds)),
+            min_window_rows: self.drift_min_window_rows.max(1),
+            thresholds: thresholds(&self.drift_thresholds)?,
             reference_rows: self.drift_reference_rows,
             ..CollectorOptions::new(store.clone())
         };
@@ -117,8 +144,66 @@ impl CollectorSettings {
                 .timeout(std::time::Duration::from_secs(10))
                 .build()?,
         };
+        sluice_collector::server::spawn_ticker(&state);
         Ok((collector, routes(state)))
     }
+}
+
+/// The drift thresholds, defaults overridden by NAME=VALUE pairs.
+fn thresholds(pairs: &[String]) -> anyhow::Result<sluice_drift::Thresholds> {
+    let mut t = sluice_drift::Thresholds::default();
+    for pair in pairs {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!("--drift-threshold {pair:?} is not NAME=VALUE");
+        };
+        let (name, value) = (name.trim(), value.trim());
+        let number = || -> anyhow::Result<f64> {
+            let v: f64 = value
+                .parse()
+                .with_context(|| format!("--drift-threshold {name}: {value:?} is not a number"))?;
+            if !v.is_finite() || v < 0.0 {
+                bail!("--drift-threshold {name}: {value} must be a number >= 0");
+            }
+            Ok(v)
+        };
+        let p_value = || -> anyhow::Result<f64> {
+            let v = number()?;
+            if v > 1.0 {
+                bail!("--drift-threshold {name}: a p-value threshold is between 0 and 1");
+            }
+            Ok(v)
+        };
+        match name {
+            "ks_p_value" => t.ks_p_value = p_value()?,
+            "chi_square_p_value" => t.chi_square_p_value = p_value()?,
+            "psi" => t.psi = number()?,
+            "js" => t.js = number()?,
+            "wasserstein" => t.wasserstein = number()?,
+            "n_bins" => {
+                t.n_bins = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (2..=1000).contains(n))
+                    .with_context(|| {
+                        format!("--drift-threshold n_bins: {value:?} is not 2..=1000")
+                    })?
+            }
+            "correction" => {
+                t.correction = match value {
+                    "bh" | "benjamini_hochberg" => sluice_drift::Correction::BenjaminiHochberg,
+                    "bonferroni" => sluice_drift::Correction::Bonferroni,
+                    "none" => sluice_drift::Correction::None,
+                    other => bail!(
+                        "--drift-threshold correction: {other:?} is not bh, bonferroni or none"
+                    ),
+                }
+            }
+            other => bail!(
+                "--drift-threshold: unknown name {other:?} (ks_p_value, chi_square_p_value, psi, js, wasserstein, n_bins, correction)"
+            ),
+        }
+    }
+    Ok(t)
 }
 
 /// `sluice collector`.
@@ -322,6 +407,31 @@ fn npy_as_tensors(bytes: &[u8], input: &str, path: &Path) -> anyhow::Result<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_are_set_by_name_and_checked() {
+        let t = thresholds(&[
+            "ks_p_value=0.01".into(),
+            "psi=0.2".into(),
+            "correction=bonferroni".into(),
+            "n_bins=20".into(),
+        ])
+        .unwrap();
+        assert_eq!((t.ks_p_value, t.psi, t.n_bins), (0.01, 0.2, 20));
+        assert_eq!(t.correction, sluice_drift::Correction::Bonferroni);
+        assert_eq!(t.js, sluice_drift::Thresholds::default().js);
+        for bad in [
+            "ks_p_value=2",
+            "psi=-1",
+            "psi=x",
+            "nope=1",
+            "n_bins=1",
+            "correction=max",
+            "psi",
+        ] {
+            assert!(thresholds(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn npy_arrays_become_tensors() {

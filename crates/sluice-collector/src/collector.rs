@@ -29,6 +29,12 @@ pub struct CollectorOptions {
     pub store: PathBuf,
     /// Rows per window.
     pub window_rows: usize,
+    /// A window also closes when its first row is older than this, if it
+    /// has at least `min_window_rows` (a quiet model still gets windows).
+    /// `None`: by rows only.
+    pub window_span: Option<std::time::Duration>,
+    /// The fewest rows a window closed by time may have; fewer wait on.
+    pub min_window_rows: usize,
     /// Rows taken as the reference of a version that has none.
     pub reference_rows: usize,
     /// Closed windows kept in memory per version, for the page and the API
@@ -42,6 +48,8 @@ impl CollectorOptions {
         CollectorOptions {
             store,
             window_rows: 500,
+            window_span: None,
+            min_window_rows: 30,
             reference_rows: 1000,
             history: 200,
             thresholds: evaluate::Thresholds::default(),
@@ -90,6 +98,9 @@ struct VersionState {
     current: Columns,
     current_records: u64,
     current_rows: u64,
+    /// When the current window got its first row (this process's clock;
+    /// after a restart, the time of the replay).
+    current_since: Option<std::time::Instant>,
     windows: VecDeque<WindowSummary>,
     next_index: u64,
     /// The alert in force, if any: the window that raised it and why.
@@ -267,6 +278,37 @@ impl Collector {
         merge(&mut state.current, columns);
         state.current_records += records;
         state.current_rows = rows_in(&state.current) as u64;
+        if state.current_rows > 0 && state.current_since.is_none() {
+            state.current_since = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Whether the current window is due by time.
+    fn due_by_time(&self, state: &VersionState) -> bool {
+        match (self.options.window_span, state.current_since) {
+            (Some(span), Some(since)) => {
+                state.current_rows as usize >= self.options.min_window_rows.max(1)
+                    && since.elapsed() >= span
+            }
+            _ => false,
+        }
+    }
+
+    /// Closes every window that is due by time (the server calls this every
+    /// second, so a model with little traffic still gets its windows).
+    /// Returns the alerts raised or cleared.
+    pub fn tick(&self) -> Result<Vec<AlertChange>, CollectorError> {
+        let mut changes = Vec::new();
+        let mut versions = self.lock();
+        for ((model, version), state) in versions.iter_mut() {
+            if state.reference.is_some() && self.due_by_time(state) {
+                let rows = state.current_rows as usize;
+                if let Some(change) = self.close_window(model, *version, state, rows)? {
+                    changes.push(change);
+                }
+            }
+        }
+        Ok(changes)
     }
 
     fn keep_window(&self, state: &mut VersionState, window: WindowSummary) {
@@ -327,7 +369,8 @@ impl Collector {
                 && state.current_rows as usize >= self.options.window_rows
             {
                 summary.windows_closed += 1;
-                if let Some(change) = self.close_window(&model, version, state)? {
+                let rows = self.options.window_rows;
+                if let Some(change) = self.close_window(&model, version, state, rows)? {
                     changes.push(change);
                 }
             }
@@ -386,12 +429,13 @@ impl Collector {
         model: &str,
         version: u64,
         state: &mut VersionState,
+        rows: usize,
     ) -> Result<Option<AlertChange>, CollectorError> {
         let reference = state
             .reference
             .as_ref()
             .expect("windows close only with a reference");
-        let (window, rest) = split_columns(&state.current, self.options.window_rows);
+        let (window, rest) = split_columns(&state.current, rows);
         let features = evaluate::compare(&reference.columns, &window, &self.options.thresholds);
         let index = state.next_index;
         let time = now();
@@ -412,6 +456,7 @@ impl Collector {
         state.current = rest;
         state.current_records = 0;
         state.current_rows = rows_in(&state.current) as u64;
+        state.current_since = (state.current_rows > 0).then(std::time::Instant::now);
         self.keep_window(
             state,
             WindowSummary {
@@ -882,5 +927,38 @@ mod tests {
         assert_eq!((summary.accepted, summary.rejected), (0, 3));
         assert_eq!(summary.errors.len(), 3);
         assert!(summary.errors[2].contains("model"));
+    }
+
+    #[test]
+    fn a_quiet_model_gets_windows_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let collector = Collector::open(CollectorOptions {
+            window_rows: 10_000,
+            window_span: Some(std::time::Duration::from_millis(100)),
+            min_window_rows: 40,
+            reference_rows: 200,
+            ..CollectorOptions::new(dir.path().join("s.jsonl"))
+        })
+        .unwrap();
+        let mut rng = Normal(5);
+        collector.ingest(&[event(&mut rng, 200, 0.0, 1)]).unwrap();
+        // Too few rows: the window waits, however old.
+        collector.ingest(&[event(&mut rng, 20, 0.0, 2)]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(collector.tick().unwrap().is_empty());
+        let windows = |c: &Collector| {
+            c.model_report("iris").unwrap()["versions"]["2"]["windows"]
+                .as_array()
+                .unwrap()
+                .len()
+        };
+        assert_eq!(windows(&collector), 0);
+        // Enough rows and old enough: it closes on the tick.
+        collector.ingest(&[event(&mut rng, 30, 0.0, 3)]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        collector.tick().unwrap();
+        assert_eq!(windows(&collector), 1);
+        let report = collector.model_report("iris").unwrap();
+        assert_eq!(report["versions"]["2"]["windows"][0]["rows"], 50);
     }
 }

@@ -94,14 +94,41 @@ async fn events(State(state): State<CollectorState>, headers: HeaderMap, body: B
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     for change in changes {
-        announce(&state, change);
+        announce(&state.webhooks, &state.client, change);
     }
     Json(summary).into_response()
 }
 
+/// Closes the windows that are due by time, every second, for as long as
+/// the collector lives (a model with little traffic still gets its windows).
+pub fn spawn_ticker(state: &CollectorState) {
+    let weak = Arc::downgrade(&state.collector);
+    let (webhooks, client) = (state.webhooks.clone(), state.client.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(collector) = weak.upgrade() else {
+                return;
+            };
+            let ticked = tokio::task::spawn_blocking(move || collector.tick()).await;
+            match ticked {
+                Ok(Ok(changes)) => {
+                    for change in changes {
+                        announce(&webhooks, &client, change);
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "closing drift windows by time failed"),
+                Err(_) => return,
+            }
+        }
+    });
+}
+
 /// Logs an alert change and posts it to every webhook (in the background,
 /// with retries).
-fn announce(state: &CollectorState, change: AlertChange) {
+fn announce(webhooks: &[String], client: &reqwest::Client, change: AlertChange) {
     if change.raised {
         tracing::warn!(model = %change.model, version = change.version, window = change.window,
             features = %change.features.join(","), "drift alert raised");
@@ -119,8 +146,8 @@ fn announce(state: &CollectorState, change: AlertChange) {
         "datacontenttype": "application/json",
         "data": change,
     });
-    for url in state.webhooks.iter() {
-        let (client, url, event) = (state.client.clone(), url.clone(), event.clone());
+    for url in webhooks {
+        let (client, url, event) = (client.clone(), url.clone(), event.clone());
         tokio::spawn(async move {
             let mut delay = std::time::Duration::from_millis(200);
             for attempt in 1..=5 {
