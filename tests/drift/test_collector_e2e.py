@@ -221,7 +221,22 @@ def test_a_collector_that_goes_away_costs_the_gateway_nothing(tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert "500 rows" in r.stdout, r.stdout
-        send(gw.url, rng, 10)
+        # Two gateways feed it at once.
+        gw2 = Proc([str(SLUICE_BIN), "serve", "--models", str(repo), "--http-addr", "127.0.0.1:0",
+                    "--capture-url", f"{collector.url}/v1/events", "--capture-source", "gw-2"],
+                   tmp_path / "gw2.log", "listening on")
+        try:
+            wait_ready(gw2.url)
+            send(gw.url, rng, 5)
+            send(gw2.url, rng, 5)
+
+            def accepted():
+                text = http("GET", collector.url + "/v1/metrics")[1].decode()
+                m = re.search(r'^sluice_collector_events_total\{outcome="accepted"\} (\S+)$', text, re.M)
+                return m and float(m.group(1)) >= 10 and float(m.group(1))
+            assert until("both gateways' records", accepted) == 10
+        finally:
+            gw2.stop()
         v = until("a window", lambda: (s := http("GET", collector.url + "/v1/models/iris/drift"))[0] == 200
                   and (d := json.loads(s[1])["versions"]["2"])["windows"] and d)
         assert v["reference"]["source"] == "golden.csv"
