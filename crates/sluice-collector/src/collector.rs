@@ -930,6 +930,21 @@ mod tests {
     }
 
     #[test]
+    fn missing_values_are_left_out_and_the_store_still_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let collector = Collector::open(options(&dir)).unwrap();
+        let event = json!({"specversion": "1.0", "type": "dev.sluice.inference", "id": "n",
+            "data": {"model": "iris", "version": 2, "inputs": [{"name": "x", "datatype": "FP32",
+            "shape": [2, 2], "data": [1.0, null, 3.0, 4.0]}]}});
+        let (summary, _) = collector.ingest(&[event]).unwrap();
+        assert_eq!(summary.accepted, 1);
+        drop(collector);
+        let collector = Collector::open(options(&dir)).unwrap();
+        let report = collector.model_report("iris").unwrap();
+        assert_eq!(report["versions"]["2"]["reference_pending_rows"], 2);
+    }
+
+    #[test]
     fn a_quiet_model_gets_windows_by_time() {
         let dir = tempfile::tempdir().unwrap();
         let collector = Collector::open(CollectorOptions {

@@ -20,6 +20,8 @@ pub struct FeatureResult {
     /// The method that decided (`ks`, `psi`, `jensen_shannon`,
     /// `wasserstein`, `chi_square`).
     pub method: String,
+    /// NaN (stored as null) when it could not be computed.
+    #[serde(deserialize_with = "nan_if_null")]
     pub score: f64,
     pub p_value: Option<f64>,
     pub adjusted_p_value: Option<f64>,
@@ -28,6 +30,11 @@ pub struct FeatureResult {
     /// Every method's value for this feature (for the API and the charts).
     #[serde(default)]
     pub all: std::collections::BTreeMap<String, f64>,
+}
+
+/// Reads a number written as `null` (JSON has no NaN) back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The names of the drifted features, most drifted first.

@@ -89,16 +89,82 @@ pub fn rows_of(data: &Value) -> Result<Vec<Row>, FeatureError> {
 }
 
 /// Parses OIP JSON tensors with the protocol's own decoder (the same rules
-/// as a response body's outputs).
+/// as a response body's outputs). A float element written as `null` (how
+/// responses and captured records write NaN and infinities, which JSON
+/// cannot) is read as NaN: a missing value to the statistics, which drop it.
 fn decode(list: &[Value], what: &str) -> Result<Vec<(String, Tensor)>, FeatureError> {
+    let mut list = list.to_vec();
+    let mut missing: Vec<Vec<usize>> = Vec::with_capacity(list.len());
+    for t in &mut list {
+        let float = t
+            .get("datatype")
+            .and_then(Value::as_str)
+            .is_some_and(|d| matches!(d, "FP16" | "BF16" | "FP32" | "FP64"));
+        let mut at = Vec::new();
+        if float && let Some(data) = t.get_mut("data") {
+            let mut index = 0;
+            replace_nulls(data, &mut index, &mut at);
+        }
+        missing.push(at);
+    }
     let body = serde_json::json!({ "model_name": "capture", "outputs": list });
     let decoded = sluice_oip::decode_infer_response(Bytes::from(body.to_string()), None)
         .map_err(|e| FeatureError(format!("`{what}`: {e}")))?;
-    Ok(decoded
+    decoded
         .outputs
         .into_iter()
-        .map(|n| (n.name, n.tensor))
-        .collect())
+        .zip(missing)
+        .map(|(n, at)| {
+            let tensor = if at.is_empty() {
+                n.tensor
+            } else {
+                with_nan(&n.tensor, &at)
+                    .map_err(|e| FeatureError(format!("`{what}` tensor '{}': {e}", n.name)))?
+            };
+            Ok((n.name, tensor))
+        })
+        .collect()
+}
+
+/// Replaces every `null` leaf of a (nested) data array with 0, noting its
+/// flat index.
+fn replace_nulls(v: &mut Value, index: &mut usize, at: &mut Vec<usize>) {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                replace_nulls(item, index, at);
+            }
+        }
+        Value::Null => {
+            at.push(*index);
+            *v = Value::from(0);
+            *index += 1;
+        }
+        _ => *index += 1,
+    }
+}
+
+/// The tensor with NaN at the given flat indices.
+fn with_nan(t: &Tensor, at: &[usize]) -> Result<Tensor, String> {
+    let TensorData::Raw(raw) = t.data() else {
+        return Err("not a numeric tensor".into());
+    };
+    let mut bytes = raw.to_vec();
+    let nan: Vec<u8> = match t.dtype() {
+        DataType::Fp16 => half::f16::NAN.to_le_bytes().to_vec(),
+        DataType::Bf16 => half::bf16::NAN.to_le_bytes().to_vec(),
+        DataType::Fp32 => f32::NAN.to_le_bytes().to_vec(),
+        DataType::Fp64 => f64::NAN.to_le_bytes().to_vec(),
+        other => return Err(format!("{other} has no NaN")),
+    };
+    for &i in at {
+        let start = i * nan.len();
+        let slot = bytes
+            .get_mut(start..start + nan.len())
+            .ok_or("an element past the end")?;
+        slot.copy_from_slice(&nan);
+    }
+    Tensor::from_raw(t.dtype(), t.shape().to_vec(), Bytes::from(bytes)).map_err(|e| e.to_string())
 }
 
 /// Every element as f64, for numeric datatypes.
@@ -314,6 +380,25 @@ mod tests {
             rows[1][1],
             ("flag".to_string(), FeatureValue::Category("false".into()))
         );
+    }
+
+    #[test]
+    fn null_floats_are_missing_values() {
+        let data = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2],
+                                      "data": [[1.0, null], [null, 4.0]]}]});
+        let rows = rows_of(&data).unwrap();
+        let value = |r: usize, c: usize| match rows[r][c].1 {
+            FeatureValue::Numeric(v) => v,
+            _ => panic!("numeric"),
+        };
+        assert_eq!(value(0, 0), 1.0);
+        assert!(value(0, 1).is_nan());
+        assert!(value(1, 0).is_nan());
+        assert_eq!(value(1, 1), 4.0);
+        // Integers have no NaN: null stays an error there.
+        let ints =
+            json!({"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [null]}]});
+        assert!(rows_of(&ints).is_err());
     }
 
     #[test]

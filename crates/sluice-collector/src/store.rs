@@ -45,7 +45,8 @@ impl Column {
 pub type Columns = BTreeMap<String, Column>;
 
 /// Adds rows to columns. A feature seen as numeric stays numeric: a value
-/// of the other kind for it is skipped (and counted in the return value).
+/// of the other kind for it is skipped (and counted in the return value);
+/// a missing numeric value (NaN, infinite) is left out, uncounted.
 pub fn append_rows(columns: &mut Columns, rows: &[Row]) -> usize {
     let mut skipped = 0;
     for row in rows {
@@ -55,7 +56,13 @@ pub fn append_rows(columns: &mut Columns, rows: &[Row]) -> usize {
                 FeatureValue::Category(_) => Column::Categorical(Vec::new()),
             });
             match (column, value) {
-                (Column::Numeric(v), FeatureValue::Numeric(x)) => v.push(*x),
+                // A missing value (NaN, or an infinity) is left out: the
+                // statistics would drop it, and JSON cannot hold it.
+                (Column::Numeric(v), FeatureValue::Numeric(x)) => {
+                    if x.is_finite() {
+                        v.push(*x)
+                    }
+                }
                 (Column::Categorical(v), FeatureValue::Category(c)) => v.push(c.clone()),
                 _ => skipped += 1,
             }
