@@ -87,89 +87,13 @@ struct Table {
     rows: Vec<Vec<String>>,
 }
 
-/// Splits CSV text into records of fields. Errors name the line.
-fn parse_csv(text: &str) -> anyhow::Result<Vec<Vec<String>>> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut records = Vec::new();
-    let mut record: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let mut in_quotes = false;
-    // Whether the current field began with a quote (then only a comma or
-    // the line end may follow the closing quote).
-    let mut quoted = false;
-    let mut after_quote = false;
-    let mut line = 1usize;
-    let mut chars = text.chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        any = true;
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => {
-                    in_quotes = false;
-                    after_quote = true;
-                }
-                '\n' => {
-                    line += 1;
-                    field.push(c);
-                }
-                _ => field.push(c),
-            }
-            continue;
-        }
-        match c {
-            ',' => {
-                record.push(std::mem::take(&mut field));
-                quoted = false;
-                after_quote = false;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' | '\r' => {
-                record.push(std::mem::take(&mut field));
-                records.push(std::mem::take(&mut record));
-                quoted = false;
-                after_quote = false;
-                line += 1;
-                any = false;
-            }
-            '"' if field.is_empty() && !quoted => {
-                in_quotes = true;
-                quoted = true;
-            }
-            _ => {
-                if after_quote {
-                    bail!("line {line}: unexpected {c:?} after a closing quote");
-                }
-                if c == '"' {
-                    bail!("line {line}: a quote inside an unquoted field (quote the whole field)");
-                }
-                field.push(c);
-            }
-        }
-    }
-    if in_quotes {
-        bail!("line {line}: a quoted field is not closed");
-    }
-    if any {
-        record.push(field);
-        records.push(record);
-    }
-    // Blank lines (a lone empty field) are not records.
-    records.retain(|r| !(r.len() == 1 && r[0].is_empty()));
-    Ok(records)
-}
-
 fn read_table(path: &Path, what: &str) -> anyhow::Result<Table> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("the {what} file {} is not UTF-8 text", path.display()))?;
-    let mut records = parse_csv(&text)
-        .with_context(|| format!("the {what} file {} is not valid CSV", path.display()))?;
+    let mut records = sluice_collector::csv::records(&text)
+        .map_err(|e| anyhow::anyhow!("the {what} file {} is not valid CSV: {e}", path.display()))?;
     if records.is_empty() {
         bail!(
             "the {what} file {} is empty: expected a header row and data rows",
@@ -458,34 +382,6 @@ fn table(results: &[FeatureDrift]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_fields_quotes_and_line_ends() {
-        let r = parse_csv("a,b\r\n1,\"x, \"\"y\"\"\"\n\n2,\"multi\nline\"\n").unwrap();
-        assert_eq!(
-            r,
-            vec![
-                vec!["a".to_string(), "b".to_string()],
-                vec!["1".to_string(), "x, \"y\"".to_string()],
-                vec!["2".to_string(), "multi\nline".to_string()],
-            ]
-        );
-        assert_eq!(parse_csv("a,b\n1,2").unwrap().len(), 2);
-        assert_eq!(
-            parse_csv("\u{feff}a\n1\n").unwrap()[0],
-            vec!["a".to_string()]
-        );
-        assert!(parse_csv("").unwrap().is_empty());
-        assert_eq!(parse_csv("a,,\n").unwrap()[0].len(), 3);
-    }
-
-    #[test]
-    fn csv_errors_name_the_line() {
-        let e = parse_csv("a\n\"open\n").unwrap_err().to_string();
-        assert!(e.contains("not closed"), "{e}");
-        let e = parse_csv("a\n\"x\"y\n").unwrap_err().to_string();
-        assert!(e.contains("line 2"), "{e}");
-    }
 
     #[test]
     fn numbers_for_the_table() {

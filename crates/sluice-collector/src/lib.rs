@@ -7,6 +7,7 @@
 //! is acknowledged and replayed at start.
 
 pub mod collector;
+pub mod csv;
 pub mod evaluate;
 pub mod features;
 pub mod page;

@@ -246,9 +246,9 @@ async fn reference(
 /// column parses, categories otherwise. With `input`, columns are named
 /// `input[0]`, `input[1]`, ... in order (the header is skipped).
 pub fn csv_columns(text: &str, input: Option<&str>) -> Result<Columns, String> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = lines.next().ok_or("the CSV is empty")?;
-    let names: Vec<String> = split_csv(header)
+    let mut records = crate::csv::records(text)?.into_iter();
+    let header = records.next().ok_or("the CSV is empty")?;
+    let names: Vec<String> = header
         .into_iter()
         .enumerate()
         .map(|(j, h)| match input {
@@ -257,8 +257,7 @@ pub fn csv_columns(text: &str, input: Option<&str>) -> Result<Columns, String> {
         })
         .collect();
     let mut cells: Vec<Vec<String>> = vec![Vec::new(); names.len()];
-    for (n, line) in lines.enumerate() {
-        let row = split_csv(line);
+    for (n, row) in records.enumerate() {
         if row.len() != names.len() {
             return Err(format!(
                 "CSV row {} has {} fields, the header {}",
@@ -284,28 +283,6 @@ pub fn csv_columns(text: &str, input: Option<&str>) -> Result<Columns, String> {
         columns.insert(name, column);
     }
     Ok(columns)
-}
-
-/// One CSV line's fields: commas, with double quotes around fields that
-/// hold commas or quotes (`""` is a quote inside them).
-fn split_csv(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(std::mem::take(&mut field)),
-            _ => field.push(c),
-        }
-    }
-    fields.push(field);
-    fields
 }
 
 async fn drift(State(state): State<CollectorState>, Path(model): Path<String>) -> Response {
