@@ -19,8 +19,12 @@ pub struct ServeArgs {
     /// variables override it.
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The model repository: <model>/<version>/model.onnx [default: models]
-    #[arg(long, env = "SLUICE_MODELS", value_name = "DIR")]
+    /// The model repository: a directory of <model>/<version>/model.onnx,
+    /// or object storage, s3://BUCKET/PREFIX (gs://, az:// in builds with
+    /// the gcs/azure features), credentials from the standard environment
+    /// (AWS_*; AWS_ENDPOINT_URL and AWS_ALLOW_HTTP for S3-compatible
+    /// servers) [default: models]
+    #[arg(long, env = "SLUICE_MODELS", value_name = "DIR|URL")]
     pub models: Option<PathBuf>,
     /// Address to serve HTTP on; port 0 picks a free port (printed at start)
     /// [default: 127.0.0.1:8000]
@@ -92,6 +96,42 @@ pub struct ServeArgs {
     /// The drift collector in process (flags and environment only).
     #[command(flatten)]
     pub collector: Box<crate::collector::ServeCollectorArgs>,
+    /// A registry on object storage.
+    #[command(flatten)]
+    pub registry: Box<RegistryArgs>,
+}
+
+/// The flags of a registry on object storage (`--models s3://...`).
+#[derive(Debug, Args, Default)]
+pub struct RegistryArgs {
+    /// Where versions from object storage are downloaded (and checked
+    /// against their manifests) before loading; kept across restarts, so a
+    /// replica that starts while the registry is unreachable serves what it
+    /// had [default: .sluice/registry/<bucket and prefix>]
+    #[arg(long, env = "SLUICE_REGISTRY_CACHE", value_name = "DIR")]
+    pub registry_cache: Option<PathBuf>,
+    /// How often object storage is polled for new versions, policies and
+    /// model.toml changes; every replica converges within one interval
+    /// [default: 10000]
+    #[arg(long, env = "SLUICE_REGISTRY_POLL_MS", value_name = "MS")]
+    pub registry_poll_ms: Option<u64>,
+}
+
+/// A registry on object storage, resolved.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub url: String,
+    pub cache: PathBuf,
+    pub poll_interval: Duration,
+}
+
+/// The default cache directory of the registry at `url`.
+pub fn default_registry_cache(url: &str) -> PathBuf {
+    let name: String = url
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    PathBuf::from(".sluice/registry").join(name)
 }
 
 /// The capture flags of `sluice serve`.
@@ -138,6 +178,8 @@ pub struct FileConfig {
     pub shadow_cpu: Option<f64>,
     pub capture_url: Option<String>,
     pub capture_source: Option<String>,
+    pub registry_cache: Option<PathBuf>,
+    pub registry_poll_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -151,7 +193,11 @@ impl FileConfig {
 /// The settings `serve` runs with, after precedence is applied.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
+    /// The repository read: the directory given, or the cache of
+    /// `registry`.
     pub models: PathBuf,
+    /// The registry on object storage `models` caches, if any.
+    pub registry: Option<RemoteSettings>,
     pub http_addr: SocketAddr,
     pub require_manifests: bool,
     pub rescan_interval: Duration,
@@ -207,12 +253,50 @@ impl ServeSettings {
         capture.check().map_err(|e| anyhow::anyhow!(e))?;
         let collector = (!args.collector.no_collector && capture.url.is_none())
             .then(|| args.collector.settings.clone());
+        // A URL is a registry on object storage; a path in the config file
+        // is relative to the file.
+        let is_url = |p: &Path| p.to_str().is_some_and(sluice_registry::is_remote);
+        let models = args.models.or_else(|| match file.models {
+            Some(m) if is_url(&m) => Some(m),
+            m => from_file(m),
+        });
+        let remote = models
+            .as_deref()
+            .and_then(Path::to_str)
+            .filter(|m| sluice_registry::is_remote(m))
+            .map(str::to_string);
+        let registry = match remote {
+            None => None,
+            Some(url) => {
+                let poll_ms = args
+                    .registry
+                    .registry_poll_ms
+                    .or(file.registry_poll_ms)
+                    .unwrap_or(10_000);
+                if poll_ms == 0 {
+                    anyhow::bail!("registry_poll_ms must be at least 1");
+                }
+                let cache = args
+                    .registry
+                    .registry_cache
+                    .clone()
+                    .or_else(|| from_file(file.registry_cache))
+                    .unwrap_or_else(|| default_registry_cache(&url));
+                Some(RemoteSettings {
+                    url,
+                    cache,
+                    poll_interval: Duration::from_millis(poll_ms),
+                })
+            }
+        };
+        let models = match &registry {
+            Some(remote) => remote.cache.clone(),
+            None => models.unwrap_or_else(|| PathBuf::from("models")),
+        };
         Ok(ServeSettings {
             collector,
-            models: args
-                .models
-                .or_else(|| from_file(file.models))
-                .unwrap_or_else(|| PathBuf::from("models")),
+            models,
+            registry,
             http_addr: args
                 .http_addr
                 .or(file.http_addr)

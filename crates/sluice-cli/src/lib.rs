@@ -64,7 +64,8 @@ pub enum ModelsCommand {
         /// Version number; default: one more than the highest existing version.
         #[arg(long)]
         version: Option<u64>,
-        /// The model repository.
+        /// The model repository: a directory, or s3://BUCKET/PREFIX
+        /// (credentials from the standard AWS_* environment).
         #[arg(long, env = "SLUICE_MODELS", default_value = "models")]
         models: PathBuf,
         /// Lineage recorded in the manifest, as KEY=VALUE (repeatable), e.g.
@@ -74,7 +75,7 @@ pub enum ModelsCommand {
     },
     /// List the models and versions in a repository, with manifest status.
     List {
-        /// The model repository.
+        /// The model repository: a directory, or s3://BUCKET/PREFIX.
         #[arg(long, env = "SLUICE_MODELS", default_value = "models")]
         models: PathBuf,
     },
@@ -126,8 +127,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("--lineage {pair:?} is not KEY=VALUE"))?;
                 map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
             }
-            let repo = sluice_registry::Repository::open(&models)?;
-            let published = repo.publish(&model, &file, version, map)?;
+            let published = match models.to_str().filter(|m| sluice_registry::is_remote(m)) {
+                Some(url) => {
+                    let registry = open_remote(url)?;
+                    block_on(registry.publish(&model, &file, version, map))??
+                }
+                None => {
+                    sluice_registry::Repository::open(&models)?.publish(&model, &file, version, map)?
+                }
+            };
             println!(
                 "published {} version {} ({}, sha256 {})",
                 published.model,
@@ -141,6 +149,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => rollout::run_audit(command),
         Command::Drift(command) => drift::run(command),
         Command::Collector(args) => collector::run_standalone(args),
+        Command::Models(ModelsCommand::List { models })
+            if models.to_str().is_some_and(sluice_registry::is_remote) =>
+        {
+            let url = models.to_str().unwrap_or_default();
+            let listing = block_on(open_remote(url)?.listing())??;
+            for (name, versions) in &listing {
+                println!("{name}");
+                for (v, manifest) in versions {
+                    let state = if *manifest {
+                        "manifest"
+                    } else {
+                        "no manifest (upload in progress?)"
+                    };
+                    println!("  {v}  {state}");
+                }
+            }
+            Ok(())
+        }
         Command::Models(ModelsCommand::List { models }) => {
             let repo = sluice_registry::Repository::open(&models)?;
             let scan = repo.scan()?;
@@ -169,6 +195,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Opens a registry on object storage for a one-off command (publish,
+/// list, audit verify): nothing is cached.
+pub(crate) fn open_remote(url: &str) -> anyhow::Result<sluice_registry::RemoteRegistry> {
+    Ok(sluice_registry::RemoteRegistry::open(
+        url,
+        &config::default_registry_cache(url),
+    )?)
+}
+
+/// Runs one future to completion on a small runtime of its own.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(future))
+}
+
 /// `sluice serve`: load the ONNX Runtime library, start the model manager,
 /// bind, print the address, serve until SIGINT/SIGTERM.
 pub async fn serve(
@@ -177,6 +221,25 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let runtime = sluice_runtime::OrtRuntime::init(settings.ort_lib.as_deref())?;
     tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded");
+    let registry = match &settings.registry {
+        Some(remote) => {
+            let registry = sluice_registry::RemoteRegistry::open(&remote.url, &remote.cache)?;
+            std::fs::create_dir_all(&remote.cache).with_context(|| {
+                format!("cannot create the registry cache {}", remote.cache.display())
+            })?;
+            tracing::info!(
+                registry = %remote.url,
+                cache = %remote.cache.display(),
+                poll_ms = remote.poll_interval.as_millis() as u64,
+                "model registry on object storage"
+            );
+            Some(sluice_serving::RegistryOptions {
+                remote: std::sync::Arc::new(registry),
+                poll_interval: remote.poll_interval,
+            })
+        }
+        None => None,
+    };
     let repo = sluice_registry::Repository::open(&settings.models)?;
     let manager = sluice_serving::ModelManager::start(
         repo,
@@ -185,6 +248,7 @@ pub async fn serve(
             require_manifests: settings.require_manifests,
             rescan_interval: settings.rescan_interval,
             metrics: Some(metrics.clone()),
+            registry,
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
@@ -193,7 +257,11 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port when binding port 0.
     println!("listening on http://{addr}");
-    tracing::info!(%addr, models = %settings.models.display(), "serving");
+    let models = match &settings.registry {
+        Some(remote) => remote.url.clone(),
+        None => settings.models.display().to_string(),
+    };
+    tracing::info!(%addr, %models, "serving");
     tracing::info!(
         admin_keys = settings.http.admin_keys.len(),
         api_keys = settings.http.api_keys.len(),

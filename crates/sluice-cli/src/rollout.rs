@@ -125,7 +125,7 @@ pub enum AuditCommand {
     /// Check the hash chain of the registry's audit log; fails on any
     /// changed, removed or reordered entry.
     Verify {
-        /// The model repository
+        /// The model repository (a directory or s3://BUCKET/PREFIX)
         #[arg(long, env = "SLUICE_MODELS", default_value = "models")]
         models: PathBuf,
     },
@@ -363,8 +363,27 @@ pub fn run_rollout(command: RolloutCommand) -> anyhow::Result<()> {
 pub fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { models } => {
-            let path = sluice_rollout::audit::log_path(&models);
-            match sluice_rollout::audit::verify(&path) {
+            let remote = models.to_str().filter(|m| sluice_registry::is_remote(m));
+            let (path, verified) = match remote {
+                Some(url) => {
+                    let registry = crate::open_remote(url)?;
+                    let bytes = crate::block_on(registry.read(sluice_registry::AUDIT_FILE))??;
+                    (
+                        PathBuf::from(format!(
+                            "{}/{}",
+                            url.trim_end_matches('/'),
+                            sluice_registry::AUDIT_FILE
+                        )),
+                        sluice_rollout::audit::verify_bytes(bytes.as_deref().unwrap_or_default()),
+                    )
+                }
+                None => {
+                    let path = sluice_rollout::audit::log_path(&models);
+                    let verified = sluice_rollout::audit::verify(&path);
+                    (path, verified)
+                }
+            };
+            match verified {
                 Ok(report) => {
                     println!(
                         "{}: {} records, chain intact{}",

@@ -66,6 +66,21 @@ pub enum RegistryError {
     )]
     VersionOverflow { model: String },
 
+    /// A registry URL (`--models s3://...`) that cannot be used: unknown
+    /// scheme, a scheme whose support is not built in, bad syntax or
+    /// settings.
+    #[error("cannot use the registry {url}: {reason}")]
+    RemoteUrl { url: String, reason: String },
+
+    /// An operation on the object store failed (unreachable, refused,
+    /// credentials...). `location` is the object or prefix.
+    #[error("cannot {op} {location}: {reason}")]
+    Remote {
+        op: &'static str,
+        location: String,
+        reason: String,
+    },
+
     /// The file given to publish does not exist.
     #[error("cannot publish {}: no such file", path.display())]
     SourceMissing { path: PathBuf },
@@ -143,6 +158,19 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// Shorthand for [`RegistryError::Remote`].
+    pub(crate) fn remote(
+        op: &'static str,
+        location: impl Into<String>,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        RegistryError::Remote {
+            op,
+            location: location.into(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// Shorthand for [`RegistryError::Io`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         RegistryError::Io {

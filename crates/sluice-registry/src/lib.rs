@@ -24,6 +24,8 @@
 //! * [`Repository::publish`]: adds a version atomically (staged in a hidden
 //!   directory, renamed into place), with a manifest recording its SHA-256 and
 //!   lineage;
+//! * [`RemoteRegistry`]: the same layout on object storage (`s3://...`),
+//!   mirrored into a local cache directory that is then read as above;
 //! * [`watch`]: wakes the caller when something under the root changed
 //!   (debounced) or a periodic rescan is due.
 //!
@@ -56,6 +58,7 @@ mod config;
 mod error;
 mod manifest;
 mod publish;
+mod remote;
 mod scan;
 mod watch;
 
@@ -68,6 +71,7 @@ pub use manifest::{
     MANIFEST_SCHEMA, Manifest, Verification, format_rfc3339, parse_manifest, verify,
 };
 pub use publish::{PUBLISH_TEMP_PREFIX, Published};
+pub use remote::{AUDIT_FILE, POLICY_FILE, RemoteRegistry, SyncReport, is_remote};
 pub use scan::{
     CONFIG_FILE, Fingerprint, MANIFEST_FILE, MODEL_FILE, ModelEntry, Repository, RepositoryScan,
     VersionEntry, parse_version, validate_model_name,

@@ -135,7 +135,7 @@ impl Repository {
     }
 }
 
-fn check_source(file: &Path) -> Result<(), RegistryError> {
+pub(crate) fn check_source(file: &Path) -> Result<(), RegistryError> {
     match fs::metadata(file) {
         Ok(meta) if !meta.is_file() => Err(RegistryError::SourceNotAFile {
             path: file.to_owned(),
@@ -231,22 +231,9 @@ fn stage(
         .map_err(|e| RegistryError::io("fsync", &model_path, e))?;
     drop(output);
 
-    let manifest = Manifest {
-        schema: MANIFEST_SCHEMA,
-        model: model.to_owned(),
-        version,
-        file: MODEL_FILE.to_owned(),
-        sha256,
-        size_bytes,
-        created: format_rfc3339(SystemTime::now()),
-        source_file: source.to_string_lossy().into_owned(),
-        lineage,
-    };
+    let manifest = new_manifest(model, version, source, sha256, size_bytes, lineage);
     let manifest_path = temp.join(MANIFEST_FILE);
-    let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| {
-        RegistryError::io("serialize", &manifest_path, io::Error::other(e.to_string()))
-    })?;
-    json.push(b'\n');
+    let json = manifest_json(&manifest);
     let mut out = create_new(&manifest_path)?;
     out.write_all(&json)
         .map_err(|e| RegistryError::io("write", &manifest_path, e))?;
@@ -256,6 +243,36 @@ fn stage(
 
     sync_dir(temp)?;
     Ok(manifest)
+}
+
+/// The manifest of a version being published now.
+pub(crate) fn new_manifest(
+    model: &str,
+    version: u64,
+    source: &Path,
+    sha256: String,
+    size_bytes: u64,
+    lineage: serde_json::Map<String, serde_json::Value>,
+) -> Manifest {
+    Manifest {
+        schema: MANIFEST_SCHEMA,
+        model: model.to_owned(),
+        version,
+        file: MODEL_FILE.to_owned(),
+        sha256,
+        size_bytes,
+        created: format_rfc3339(SystemTime::now()),
+        source_file: source.to_string_lossy().into_owned(),
+        lineage,
+    }
+}
+
+/// `manifest.json` as written: pretty JSON and a newline.
+pub(crate) fn manifest_json(manifest: &Manifest) -> Vec<u8> {
+    // A struct of strings, integers and a JSON map cannot fail to serialise.
+    let mut json = serde_json::to_vec_pretty(manifest).unwrap_or_default();
+    json.push(b'\n');
+    json
 }
 
 fn create_new(path: &Path) -> Result<File, RegistryError> {

@@ -267,6 +267,46 @@ pub fn append(repo_root: &Path, entry: AuditEntry) -> Result<AuditRecord, AuditE
     Ok(record)
 }
 
+/// The log `existing` (`None`: no log yet) with `entry` appended, and the
+/// record appended: [`append`] for a log held elsewhere than in a local
+/// file (object storage, where the caller writes it back conditionally).
+/// The last record must parse and carry its hash, as for [`append`].
+pub fn append_to(
+    existing: Option<&[u8]>,
+    entry: AuditEntry,
+) -> Result<(Vec<u8>, AuditRecord), AuditError> {
+    let existing = existing.unwrap_or_default();
+    let all = lines(existing)?;
+    let (seq, prev) = match all.last() {
+        None => (1, GENESIS_PREV.to_owned()),
+        Some((index, line)) => {
+            let last = parse_line(line).map_err(|reason| AuditError::Broken {
+                line: *index,
+                reason,
+            })?;
+            (last.seq + 1, last.hash)
+        }
+    };
+    let mut record = AuditRecord {
+        seq,
+        time: format_time(SystemTime::now()),
+        actor: entry.actor,
+        action: entry.action,
+        model: entry.model,
+        before: entry.before,
+        after: entry.after,
+        evidence: entry.evidence,
+        prev,
+        hash: String::new(),
+    };
+    let line = settle(&mut record)?;
+    let mut bytes = Vec::with_capacity(existing.len() + line.len() + 1);
+    bytes.extend_from_slice(existing);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    Ok((bytes, record))
+}
+
 /// Reads the last `limit` records of `<repo_root>/audit.log`, oldest first,
 /// only those of `model` when given. A missing log reads as empty.
 ///
@@ -311,15 +351,20 @@ pub fn read(
 /// Any change of a single byte anywhere in the file is detected, as is a
 /// removed, duplicated or reordered line. A missing file is an empty log.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-    let Some(bytes) = read_locked(path)? else {
-        return Ok(VerifyReport {
+    match read_locked(path)? {
+        Some(bytes) => verify_bytes(&bytes),
+        None => Ok(VerifyReport {
             records: 0,
             last_hash: None,
-        });
-    };
+        }),
+    }
+}
+
+/// [`verify`] of a log's bytes (a log read from object storage).
+pub fn verify_bytes(bytes: &[u8]) -> Result<VerifyReport, AuditError> {
     let mut records = 0u64;
     let mut last_hash: Option<String> = None;
-    for (index, line) in lines(&bytes)? {
+    for (index, line) in lines(bytes)? {
         let broken = |reason: String| AuditError::Broken {
             line: index,
             reason,

@@ -150,12 +150,8 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     telemetry::render_metrics(state.options.metrics.as_deref(), &headers)
 }
 
-async fn server_metadata() -> axum::Json<Value> {
-    axum::Json(json!({
-        "name": "sluice",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": triton::EXTENSIONS,
-    }))
+async fn server_metadata(State(state): State<AppState>) -> axum::Json<Value> {
+    axum::Json(triton::server_metadata(&state.manager))
 }
 
 /// OIP health responses carry `{"live": true}` / `{"ready": bool}` bodies

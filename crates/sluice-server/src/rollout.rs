@@ -115,11 +115,23 @@ pub struct Context {
     pub rollouts: Arc<Rollouts>,
 }
 
-/// Appends to the registry's audit log (off the async threads: it fsyncs).
+/// Appends to the registry's audit log: the local file (off the async
+/// threads: it fsyncs), or, with a registry on object storage, the log in
+/// the bucket, by a conditional write that concurrent replicas cannot undo.
 pub async fn record(
     manager: &ModelManager,
     entry: AuditEntry,
 ) -> Result<audit::AuditRecord, String> {
+    if let Some(registry) = manager.registry() {
+        return registry
+            .remote()
+            .update(sluice_registry::AUDIT_FILE, |old| {
+                audit::append_to(old, entry.clone())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string());
+    }
     let root = manager.repository_root().to_path_buf();
     tokio::task::spawn_blocking(move || audit::append(&root, entry))
         .await

@@ -119,3 +119,19 @@ pub fn model_stats(name: &str, executor: &ModelExecutor) -> Value {
         "batch_stats": [],
     })
 }
+
+/// The server metadata (`GET /v2`): name, version, extensions, and, with a
+/// registry on object storage, the registry revision this replica serves
+/// and whether it is degraded (the registry unreachable: serving what it
+/// has).
+pub fn server_metadata(manager: &sluice_serving::ModelManager) -> Value {
+    let mut out = json!({
+        "name": "sluice",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    });
+    if let Some(registry) = manager.registry() {
+        out["registry"] = serde_json::to_value(&*registry.status()).unwrap_or(Value::Null);
+    }
+    out
+}

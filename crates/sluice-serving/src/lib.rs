@@ -20,10 +20,16 @@
 //! ([`policy::validate`]); otherwise the policy in effect stays, and the
 //! reason is kept in the snapshot. Changing it through the manager writes
 //! the file (so every replica on the registry converges) and reconciles.
+//!
+//! With a registry on object storage ([`RegistryOptions`]) the repository is
+//! its local cache: the bucket is polled and the cache rescanned when it
+//! changed, and policy changes are written to the bucket first.
 
 mod manager;
 pub mod policy;
+mod registry;
 mod snapshot;
 
 pub use manager::{ManagerOptions, ModelManager, PolicyChange, ServingError};
+pub use registry::{RegistryHandle, RegistryOptions, RegistryStatus, revision_number};
 pub use snapshot::{IndexEntry, ModelSnapshot, Snapshot, VersionState};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use crate::registry::{RegistryHandle, RegistryOptions};
 use sluice_registry::{Fingerprint, ModelConfig, Repository, Verification, VersionEntry};
 use sluice_rollout::policy::TrafficPolicy;
 use sluice_runtime::{ModelExecutor, OrtRuntime, SessionOptions};
@@ -52,6 +53,10 @@ pub struct ManagerOptions {
     /// Where load metrics and each version's request metrics go; `None`
     /// turns metrics off.
     pub metrics: Option<Arc<Metrics>>,
+    /// A registry on object storage whose cache is the repository: polled,
+    /// and written to for policy changes. `None`: the repository is a
+    /// directory of its own.
+    pub registry: Option<RegistryOptions>,
 }
 
 enum Command {
@@ -74,6 +79,7 @@ pub struct ModelManager {
     /// Requests to the reconcile task. Bounded: callers are admin requests.
     commands: mpsc::Sender<Command>,
     root: PathBuf,
+    registry: Option<Arc<RegistryHandle>>,
 }
 
 impl std::fmt::Debug for ModelManager {
@@ -99,9 +105,14 @@ impl ModelManager {
             let snapshot = snapshot.clone();
             metrics.set_live_source(move || live_state(&snapshot.load()));
         }
+        let registry = options
+            .registry
+            .clone()
+            .map(|r| Arc::new(RegistryHandle::new(r, options.metrics.clone())));
         let task = Reconciler {
             repo,
             options,
+            registry: registry.clone(),
             snapshot: snapshot.clone(),
             loaded: HashMap::new(),
             failed: HashMap::new(),
@@ -111,11 +122,20 @@ impl ModelManager {
             initialised: false,
         };
         tokio::spawn(task.run(rx));
+        if let Some(registry) = &registry {
+            tokio::spawn(poll_registry(registry.clone(), commands.downgrade()));
+        }
         ModelManager {
             snapshot,
             commands,
             root,
+            registry,
         }
+    }
+
+    /// The registry on object storage, when the repository is its cache.
+    pub fn registry(&self) -> Option<&Arc<RegistryHandle>> {
+        self.registry.as_ref()
     }
 
     /// The current routing snapshot: one atomic load, no lock.
@@ -172,6 +192,33 @@ impl ModelManager {
     }
 }
 
+/// Polls the registry every interval and has the reconcile task rescan
+/// when the cache changed. Ends when the manager is gone.
+async fn poll_registry(registry: Arc<RegistryHandle>, commands: mpsc::WeakSender<Command>) {
+    let mut tick = tokio::time::interval(registry.poll_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the reconcile task did the first sync.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if commands.upgrade().is_none() {
+            break;
+        }
+        let changed = registry.sync().await;
+        let Some(commands) = commands.upgrade() else {
+            break;
+        };
+        if changed {
+            let (tx, rx) = oneshot::channel();
+            if commands.send(Command::Reconcile(tx)).await.is_err() {
+                break;
+            }
+            drop(commands);
+            let _ = rx.await;
+        }
+    }
+}
+
 /// A version that is loaded, with the files it was loaded from.
 struct Loaded {
     executor: Arc<ModelExecutor>,
@@ -182,6 +229,7 @@ struct Loaded {
 struct Reconciler {
     repo: Repository,
     options: ManagerOptions,
+    registry: Option<Arc<RegistryHandle>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     /// What serves now, per model and version.
     loaded: HashMap<String, BTreeMap<u64, Loaded>>,
@@ -239,6 +287,12 @@ impl Reconciler {
         };
         let mut tick = tokio::time::interval(self.options.rescan_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A registry on object storage is synced once before the first pass,
+        // so the server does not report ready over an empty or stale cache
+        // when the bucket can be read. When it cannot, the cache serves.
+        if let Some(registry) = &self.registry {
+            registry.sync().await;
+        }
         self.reconcile().await;
         loop {
             tokio::select! {
@@ -722,12 +776,26 @@ impl Reconciler {
         };
         crate::policy::validate(&policy, &current.versions).map_err(invalid)?;
         let before = current.policy.as_deref().cloned();
-        sluice_rollout::policy::store(&self.repo.model_dir(model), &policy).map_err(|e| {
-            ServingError::PolicyStore {
-                model: model.to_string(),
-                reason: e.to_string(),
+        let store_error = |reason: String| ServingError::PolicyStore {
+            model: model.to_string(),
+            reason,
+        };
+        match &self.registry {
+            // The bucket first (every replica converges on it), then the cache.
+            Some(registry) => {
+                policy.check().map_err(|e| invalid(e.to_string()))?;
+                registry
+                    .remote()
+                    .put(
+                        &format!("{model}/{}", sluice_registry::POLICY_FILE),
+                        policy.to_toml().into_bytes(),
+                    )
+                    .await
+                    .map_err(|e| store_error(e.to_string()))?;
             }
-        })?;
+            None => sluice_rollout::policy::store(&self.repo.model_dir(model), &policy)
+                .map_err(|e| store_error(e.to_string()))?,
+        }
         self.reconcile().await;
         let applied = self
             .snapshot

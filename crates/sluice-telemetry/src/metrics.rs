@@ -251,6 +251,17 @@ impl CaptureOutcome {
     }
 }
 
+/// The state of a registry on object storage, as gauges.
+#[derive(Debug, Default)]
+pub struct RegistryGauges {
+    /// 1 while the registry cannot be reached (the replica serves what it has).
+    pub degraded: Gauge,
+    /// The first 52 bits of the revision served, as an integer.
+    pub revision: Gauge,
+    /// Unix time of the last successful poll, in seconds.
+    pub last_success_seconds: Gauge,
+}
+
 /// Every metric family of the process.
 pub struct Metrics {
     pub requests: Family<Counter>,
@@ -275,6 +286,11 @@ pub struct Metrics {
     /// One POST of a batch of capture records, `outcome` = `success` or
     /// `failure`.
     pub capture_export_duration: Family<Histogram>,
+    /// Polls of a registry on object storage, `outcome` = `success` or
+    /// `failure`; no series with a registry on local disk.
+    pub registry_syncs: Family<Counter>,
+    /// Set once a registry on object storage is in use.
+    registry: std::sync::OnceLock<RegistryGauges>,
     live: ArcSwapOption<LiveSource>,
     capture_depth: ArcSwapOption<DepthSource>,
 }
@@ -430,6 +446,13 @@ impl Metrics {
                 &["outcome"],
                 latency,
             ),
+            registry_syncs: Family::new(
+                "sluice_registry_syncs_total",
+                "Polls of the registry on object storage, by outcome.",
+                &["outcome"],
+                Counter::default,
+            ),
+            registry: std::sync::OnceLock::new(),
             live: ArcSwapOption::empty(),
             capture_depth: ArcSwapOption::empty(),
         }
@@ -443,6 +466,17 @@ impl Metrics {
             self.capture_export_duration.get(&[outcome]);
         }
         self
+    }
+
+    /// The gauges of a registry on object storage, created (and from then
+    /// on exposed) on first use.
+    pub fn registry_gauges(&self) -> &RegistryGauges {
+        self.registry.get_or_init(RegistryGauges::default)
+    }
+
+    /// The registry gauges if a registry on object storage is in use.
+    pub fn registry_gauges_if_used(&self) -> Option<&RegistryGauges> {
+        self.registry.get()
     }
 
     /// Drops the series of a version that is gone (unloaded and drained),

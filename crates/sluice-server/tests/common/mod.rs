@@ -54,6 +54,7 @@ impl TestServer {
         let manager = ModelManager::start(
             repo,
             ManagerOptions {
+                registry: None,
                 runtime,
                 require_manifests: false,
                 rescan_interval: Duration::from_millis(300),
