@@ -129,6 +129,7 @@ fn main() {
         let manager = ModelManager::start(
             repo,
             ManagerOptions {
+                registry: None,
                 runtime: ort,
                 require_manifests: false,
                 rescan_interval: Duration::from_secs(600),

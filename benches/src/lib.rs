@@ -100,6 +100,7 @@ impl Server {
                 let manager = ModelManager::start(
                     repo,
                     ManagerOptions {
+                        registry: None,
                         runtime: ort,
                         require_manifests: false,
                         rescan_interval: Duration::from_secs(60),

@@ -129,7 +129,13 @@ pub struct RemoteSettings {
 pub fn default_registry_cache(url: &str) -> PathBuf {
     let name: String = url
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     PathBuf::from(".sluice/registry").join(name)
 }

@@ -132,9 +132,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     let registry = open_remote(url)?;
                     block_on(registry.publish(&model, &file, version, map))??
                 }
-                None => {
-                    sluice_registry::Repository::open(&models)?.publish(&model, &file, version, map)?
-                }
+                None => sluice_registry::Repository::open(&models)?
+                    .publish(&model, &file, version, map)?,
             };
             println!(
                 "published {} version {} ({}, sha256 {})",
@@ -225,7 +224,10 @@ pub async fn serve(
         Some(remote) => {
             let registry = sluice_registry::RemoteRegistry::open(&remote.url, &remote.cache)?;
             std::fs::create_dir_all(&remote.cache).with_context(|| {
-                format!("cannot create the registry cache {}", remote.cache.display())
+                format!(
+                    "cannot create the registry cache {}",
+                    remote.cache.display()
+                )
             })?;
             tracing::info!(
                 registry = %remote.url,

@@ -43,8 +43,8 @@ use tracing::{debug, info, warn};
 
 use crate::publish::{Published, check_source, manifest_json, new_manifest};
 use crate::{
-    CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, RegistryError, parse_manifest,
-    parse_version, validate_model_name,
+    CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, RegistryError, parse_manifest, parse_version,
+    validate_model_name,
 };
 
 /// The traffic policy's file name in a model directory (read by
@@ -130,6 +130,15 @@ impl RemoteRegistry {
             "s3" | "s3a" => Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_url(url)
+                    .with_retry(retry())
+                    .with_config(
+                        object_store::aws::AmazonS3ConfigKey::Client(CONNECT_TIMEOUT.0),
+                        CONNECT_TIMEOUT.1,
+                    )
+                    .with_config(
+                        object_store::aws::AmazonS3ConfigKey::Client(REQUEST_TIMEOUT.0),
+                        REQUEST_TIMEOUT.1,
+                    )
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
@@ -137,6 +146,15 @@ impl RemoteRegistry {
             "gs" => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
+                    .with_retry(retry())
+                    .with_config(
+                        object_store::gcp::GoogleConfigKey::Client(CONNECT_TIMEOUT.0),
+                        CONNECT_TIMEOUT.1,
+                    )
+                    .with_config(
+                        object_store::gcp::GoogleConfigKey::Client(REQUEST_TIMEOUT.0),
+                        REQUEST_TIMEOUT.1,
+                    )
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
@@ -144,6 +162,15 @@ impl RemoteRegistry {
             "az" | "abfs" | "abfss" => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(url)
+                    .with_retry(retry())
+                    .with_config(
+                        object_store::azure::AzureConfigKey::Client(CONNECT_TIMEOUT.0),
+                        CONNECT_TIMEOUT.1,
+                    )
+                    .with_config(
+                        object_store::azure::AzureConfigKey::Client(REQUEST_TIMEOUT.0),
+                        REQUEST_TIMEOUT.1,
+                    )
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
@@ -248,6 +275,22 @@ impl RemoteRegistry {
         fs::create_dir_all(&self.cache)
             .map_err(|e| RegistryError::io("create the registry cache", &self.cache, e))?;
         let listing = self.list().await?;
+        if listing.is_empty() {
+            // An emptied bucket, or the wrong one (a typo in a prefix, other
+            // credentials): not a reason to stop serving. Reported; to
+            // retire a model, delete its versions, not the whole registry.
+            let cached = cached_models(&self.cache)?;
+            if cached > 0 {
+                return Err(RegistryError::remote(
+                    "sync",
+                    &self.url,
+                    format!(
+                        "it lists no objects while {cached} model(s) are cached; \
+                         keeping them until the registry holds models again"
+                    ),
+                ));
+            }
+        }
         let mut changed = false;
         let mut problems = Vec::new();
 
@@ -260,10 +303,11 @@ impl RemoteRegistry {
                 [AUDIT_FILE] => {
                     singles.insert(rel.clone(), listed.clone());
                 }
-                [model, file] if *file == CONFIG_FILE || *file == POLICY_FILE => {
-                    if validate_model_name(model).is_ok() {
-                        singles.insert(rel.clone(), listed.clone());
-                    }
+                [model, file]
+                    if (*file == CONFIG_FILE || *file == POLICY_FILE)
+                        && validate_model_name(model).is_ok() =>
+                {
+                    singles.insert(rel.clone(), listed.clone());
                 }
                 [model, version, file] if !file.starts_with('.') => {
                     if let (Ok(()), Some(v)) = (validate_model_name(model), parse_version(version))
@@ -296,7 +340,14 @@ impl RemoteRegistry {
                 continue; // deleted since the listing: the next sync sees it
             };
             write_atomically(&self.cache.join(rel), &bytes)?;
-            applied.insert(rel.clone(), if tag.is_empty() { listed.tag.clone() } else { tag });
+            applied.insert(
+                rel.clone(),
+                if tag.is_empty() {
+                    listed.tag.clone()
+                } else {
+                    tag
+                },
+            );
             changed = true;
         }
 
@@ -376,14 +427,16 @@ impl RemoteRegistry {
             Ok(m) => m,
             Err(e) => return Ok(Err(format!("model {model} version {version}: {e}"))),
         };
-        if manifest.model != model || manifest.version != version || manifest.file != MODEL_FILE
-        {
+        if manifest.model != model || manifest.version != version || manifest.file != MODEL_FILE {
             return Ok(Err(format!(
                 "model {model} version {version}: its manifest describes model {:?} version {} file {:?}",
                 manifest.model, manifest.version, manifest.file
             )));
         }
-        let mut tags = vec![(MANIFEST_FILE.to_string(), tag_or(manifest_tag, files, MANIFEST_FILE))];
+        let mut tags = vec![(
+            MANIFEST_FILE.to_string(),
+            tag_or(manifest_tag, files, MANIFEST_FILE),
+        )];
         for (file, listed) in files {
             if file == MANIFEST_FILE {
                 continue;
@@ -395,17 +448,24 @@ impl RemoteRegistry {
                     "model {model} version {version}: {file} disappeared while syncing"
                 )));
             };
-            if file == MODEL_FILE {
-                if size != manifest.size_bytes || !sha256.eq_ignore_ascii_case(&manifest.sha256) {
-                    return Ok(Err(format!(
-                        "model {model} version {version}: model.onnx ({size} bytes, sha256 {sha256}) \
-                         does not match its manifest ({} bytes, sha256 {}); an upload in progress \
-                         or a damaged version, not loaded",
-                        manifest.size_bytes, manifest.sha256
-                    )));
-                }
+            if file == MODEL_FILE
+                && (size != manifest.size_bytes || !sha256.eq_ignore_ascii_case(&manifest.sha256))
+            {
+                return Ok(Err(format!(
+                    "model {model} version {version}: model.onnx ({size} bytes, sha256 {sha256}) \
+                     does not match its manifest ({} bytes, sha256 {}); an upload in progress \
+                     or a damaged version, not loaded",
+                    manifest.size_bytes, manifest.sha256
+                )));
             }
-            tags.push((file.clone(), if tag.is_empty() { listed.tag.clone() } else { tag }));
+            tags.push((
+                file.clone(),
+                if tag.is_empty() {
+                    listed.tag.clone()
+                } else {
+                    tag
+                },
+            ));
         }
         if !files.contains_key(MODEL_FILE) {
             return Ok(Err(format!(
@@ -575,10 +635,8 @@ impl RemoteRegistry {
                     | object_store::Error::AlreadyExists { .. },
                 ) => {
                     debug!(rel, attempt, "registry: concurrent update, retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        5 + 10 * attempt as u64,
-                    ))
-                    .await;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 + 10 * attempt as u64))
+                        .await;
                 }
                 Err(e) => return Err(RegistryError::remote("write", self.location(rel), e)),
             }
@@ -768,12 +826,46 @@ impl RemoteRegistry {
                 && let Some(v) = parse_version(version)
                 && validate_model_name(model).is_ok()
             {
-                let has = out.entry(model.to_string()).or_default().entry(v).or_default();
+                let has = out
+                    .entry(model.to_string())
+                    .or_default()
+                    .entry(v)
+                    .or_default();
                 *has |= *file == MANIFEST_FILE;
             }
         }
         Ok(out)
     }
+}
+
+/// Retries of one request: a few, within seconds, so that a registry that
+/// is down is reported (degraded) within a poll or two rather than after
+/// the store client's default three minutes; the next poll tries again.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+/// Connecting must be quick (a loopback or in-region endpoint); a request
+/// as a whole may take long (a large model file). Set as configuration keys
+/// so the rest of the client's settings still come from the environment.
+const CONNECT_TIMEOUT: (object_store::ClientConfigKey, &str) =
+    (object_store::ClientConfigKey::ConnectTimeout, "3s");
+const REQUEST_TIMEOUT: (object_store::ClientConfigKey, &str) =
+    (object_store::ClientConfigKey::Timeout, "600s");
+
+/// Model directories in the cache.
+fn cached_models(cache: &Path) -> Result<usize, RegistryError> {
+    let entries = fs::read_dir(cache).map_err(|e| RegistryError::io("read directory", cache, e))?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.path().is_dir() && validate_model_name(&e.file_name().to_string_lossy()).is_ok()
+        })
+        .count())
 }
 
 fn tag_or(tag: String, files: &BTreeMap<String, Listed>, file: &str) -> String {
@@ -964,7 +1056,12 @@ mod tests {
 
         // A manifest that does not match yet (e.g. the upload is replacing
         // the file): refused with a reason, nothing in the cache.
-        put(&store, "models/m/1/manifest.json", &manifest_for("m", 1, b"uno")).await;
+        put(
+            &store,
+            "models/m/1/manifest.json",
+            &manifest_for("m", 1, b"uno"),
+        )
+        .await;
         let mismatch = reg.sync().await.unwrap();
         assert_eq!(mismatch.problems.len(), 1, "{mismatch:?}");
         assert!(mismatch.problems[0].contains("does not match its manifest"));
@@ -998,13 +1095,21 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let reg = registry(store.clone(), dir.path());
         put(&store, "models/m/1/model.onnx", b"good").await;
-        put(&store, "models/m/1/manifest.json", &manifest_for("m", 1, b"good")).await;
+        put(
+            &store,
+            "models/m/1/manifest.json",
+            &manifest_for("m", 1, b"good"),
+        )
+        .await;
         put(&store, "models/m/model.toml", b"max_batch_size = 0\n").await;
         reg.sync().await.unwrap();
         put(&store, "models/m/1/model.onnx", b"evil").await;
         let report = reg.sync().await.unwrap();
         assert_eq!(report.problems.len(), 1);
-        assert_eq!(fs::read(dir.path().join("m/1/model.onnx")).unwrap(), b"good");
+        assert_eq!(
+            fs::read(dir.path().join("m/1/model.onnx")).unwrap(),
+            b"good"
+        );
         assert!(dir.path().join("m/model.toml").is_file());
     }
 
@@ -1023,13 +1128,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(published.version, 1);
-        let second = a.publish("m", &src, None, Default::default()).await.unwrap();
+        let second = a
+            .publish("m", &src, None, Default::default())
+            .await
+            .unwrap();
         assert_eq!(second.version, 2);
         assert!(matches!(
             a.publish("m", &src, Some(2), Default::default()).await,
             Err(RegistryError::VersionExists { .. })
         ));
-        a.put("m/policy.toml", b"stable = 1\n".to_vec()).await.unwrap();
+        a.put("m/policy.toml", b"stable = 1\n".to_vec())
+            .await
+            .unwrap();
         let (ra, rb) = (a.sync().await.unwrap(), b.sync().await.unwrap());
         assert_eq!(ra.revision, rb.revision);
         assert_eq!(
@@ -1070,6 +1180,9 @@ mod tests {
             t.await.unwrap();
         }
         let log = regs[0].read("audit.log").await.unwrap().unwrap();
-        assert_eq!(log.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 40);
+        assert_eq!(
+            log.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(),
+            40
+        );
     }
 }

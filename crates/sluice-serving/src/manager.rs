@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use crate::registry::{RegistryHandle, RegistryOptions};
+use arc_swap::ArcSwap;
 use sluice_registry::{Fingerprint, ModelConfig, Repository, Verification, VersionEntry};
 use sluice_rollout::policy::TrafficPolicy;
 use sluice_runtime::{ModelExecutor, OrtRuntime, SessionOptions};
