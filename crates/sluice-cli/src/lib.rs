@@ -50,6 +50,16 @@ pub enum Command {
     /// Run the drift collector alone; gateways send it their captured
     /// requests with --capture-url http://HOST:PORT/v1/events.
     Collector(collector::CollectorArgs),
+    /// GET an http:// URL and exit 0 if it answers 200, 1 otherwise (a
+    /// container health check needing no curl, e.g.
+    /// `sluice probe http://127.0.0.1:8000/v2/health/ready`).
+    Probe {
+        /// The URL, http://HOST:PORT/PATH.
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +158,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => rollout::run_audit(command),
         Command::Drift(command) => drift::run(command),
         Command::Collector(args) => collector::run_standalone(args),
+        Command::Probe { url, timeout } => {
+            let status = probe(&url, std::time::Duration::from_secs_f64(timeout.max(0.01)))?;
+            if status == 200 {
+                println!("{url}: 200");
+                Ok(())
+            } else {
+                anyhow::bail!("{url}: {status}")
+            }
+        }
         Command::Models(ModelsCommand::List { models })
             if models.to_str().is_some_and(sluice_registry::is_remote) =>
         {
@@ -192,6 +211,49 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// GETs `url` (http:// only) and returns the status code of the answer.
+fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs can be probed"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("{url}: cannot resolve {authority} (HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("{url}: {authority} resolves to no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("{url}: cannot connect"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: sluice-probe\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") && head.len() < 1024 {
+        if stream
+            .read(&mut byte)
+            .with_context(|| format!("{url}: no answer"))?
+            == 0
+        {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("{url}: not an HTTP answer: {:?}", line.trim()))
 }
 
 /// Opens a registry on object storage for a one-off command (publish,
@@ -299,24 +361,28 @@ pub async fn serve(
         None => None,
     };
     let mut http = settings.http.clone();
+    // The in-process collector: its routes on the gateway's port for users,
+    // and on a loopback port of its own for the capture exporter. That one
+    // stays open until the gateway has drained and flushed its last capture
+    // records (the gateway's own port closes first, at shutdown).
+    let mut capture_listener = None;
     if let Some(collector) = &settings.collector {
-        // The collector in process: its routes on this port, and captured
-        // requests sent to it over loopback like to any other collector.
         let store = collector.store_for(Some(&settings.models));
         let (collector, routes) = collector.open(store.clone())?;
+        let internal = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("cannot listen on 127.0.0.1 for the in-process collector")?;
+        http.capture.url = Some(format!("http://{}/v1/events", internal.local_addr()?));
+        let mut stopped = stop.subscribe();
+        capture_listener = Some(tokio::spawn(sluice_server::run_router(
+            "collector",
+            internal,
+            routes.clone(),
+            async move {
+                let _ = stopped.recv().await;
+            },
+        )));
         http.extra_routes = Some(routes);
-        let port = addr.port();
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            addr.ip().to_string()
-        };
-        let host = if addr.is_ipv6() && !addr.ip().is_unspecified() {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        http.capture.url = Some(format!("http://{host}:{port}/v1/events"));
         tracing::info!(
             store = %store.display(),
             versions = collector.versions().len(),
@@ -329,17 +395,24 @@ pub async fn serve(
         .endpoint
         .is_some()
         .then_some(settings.trace.sample_ratio);
-    let mut stopped = stop.subscribe();
+    // The signal stops the gateway's listener first (it drains, then
+    // flushes its capture records); the collector's loopback listener and
+    // the metrics listener are stopped after that, below.
+    let (main_stop, main_stopped) = tokio::sync::oneshot::channel::<()>();
     let main = sluice_server::run(listener, manager, http, async move {
-        let _ = stopped.recv().await;
+        let _ = main_stopped.await;
     });
     tokio::pin!(main);
     tokio::select! {
         result = &mut main => result?,
         _ = shutdown_signal() => {
-            let _ = stop.send(());
+            let _ = main_stop.send(());
             main.await?;
         }
+    }
+    let _ = stop.send(());
+    if let Some(task) = capture_listener {
+        task.await.context("collector listener task")??;
     }
     if let Some(task) = metrics_server {
         let _ = stop.send(());

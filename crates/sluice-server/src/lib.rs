@@ -191,6 +191,18 @@ pub async fn run_metrics(
     .await
 }
 
+/// Serves `router` alone on `listener` until `shutdown` resolves (the
+/// in-process drift collector's loopback listener, which must outlive the
+/// gateway's own so the last capture records reach it).
+pub async fn run_router(
+    name: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve(name, listener, router, Duration::from_secs(5), shutdown).await
+}
+
 /// The accept loop: hyper-util's auto builder (HTTP/1.1 and h2c) per
 /// connection, graceful shutdown.
 async fn serve(
@@ -234,6 +246,10 @@ async fn serve(
             }
         });
     }
+    // Close the socket now, not when this function returns: a connection
+    // attempted during the drain is then refused (the client retries
+    // elsewhere) instead of completed by the kernel and reset unanswered.
+    drop(listener);
     tracing::info!(
         listener = name,
         "shutting down: draining in-flight requests"
