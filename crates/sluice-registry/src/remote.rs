@@ -174,10 +174,16 @@ impl RemoteRegistry {
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
-            "gs" | "az" | "abfs" | "abfss" => {
+            #[cfg(not(feature = "gcs"))]
+            "gs" => {
+                return Err(bad(
+                    "gs:// support is not built in; build with `--features gcs`".into(),
+                ));
+            }
+            #[cfg(not(feature = "azure"))]
+            "az" | "abfs" | "abfss" => {
                 return Err(bad(format!(
-                    "{scheme}:// support is not built in; build with `--features {}`",
-                    if scheme == "gs" { "gcs" } else { "azure" }
+                    "{scheme}:// support is not built in; build with `--features azure`"
                 )));
             }
             other => return Err(bad(format!("unknown scheme {other}://"))),
