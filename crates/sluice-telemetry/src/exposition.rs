@@ -265,21 +265,23 @@ pub fn encode(metrics: &Metrics, format: Format) -> String {
     histograms(&metrics.capture_export_duration, format, &mut out);
     counters(&metrics.registry_syncs, format, &mut out);
     let registry = metrics.registry_gauges_if_used();
+    let synced = registry.filter(|g| g.last_success_seconds.get() > 0);
     for (name, help, value) in [
         (
             "sluice_registry_degraded",
             "1 while the registry on object storage cannot be reached and this replica serves what it has.",
             registry.map(|g| g.degraded.get()),
         ),
+        // These two have no sample until a poll succeeded (no revision yet).
         (
             "sluice_registry_revision",
             "The registry revision this replica serves: the first 52 bits of its SHA-256, as an integer.",
-            registry.map(|g| g.revision.get()),
+            synced.map(|g| g.revision.get()),
         ),
         (
             "sluice_registry_last_success_timestamp_seconds",
             "Unix time of the last successful poll of the registry on object storage.",
-            registry.map(|g| g.last_success_seconds.get()),
+            synced.map(|g| g.last_success_seconds.get()),
         ),
     ] {
         header(name, help, Kind::Gauge, format, &mut out);
