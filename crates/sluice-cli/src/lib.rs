@@ -259,8 +259,18 @@ pub async fn serve(
         .endpoint
         .is_some()
         .then_some(settings.trace.sample_ratio);
+    let grpc_listener = match settings.grpc_addr {
+        Some(grpc_addr) => {
+            let listener = tokio::net::TcpListener::bind(grpc_addr)
+                .await
+                .with_context(|| format!("cannot listen on {grpc_addr} for gRPC"))?;
+            println!("grpc on http://{}", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
     let mut stopped = stop.subscribe();
-    let main = sluice_server::run(listener, manager, http, async move {
+    let main = sluice_server::run_with_grpc(listener, grpc_listener, manager, http, async move {
         let _ = stopped.recv().await;
     });
     tokio::pin!(main);

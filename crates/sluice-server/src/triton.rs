@@ -13,6 +13,22 @@ pub const EXTENSIONS: &[&str] = &[
     "model_configuration",
 ];
 
+/// What `GET /v2` and gRPC `ServerMetadata` answer: one source for both.
+#[derive(Debug, Clone)]
+pub struct ServerMetadata {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: &'static [&'static str],
+}
+
+pub fn server_metadata() -> ServerMetadata {
+    ServerMetadata {
+        name: "sluice",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: EXTENSIONS,
+    }
+}
+
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<Value> {
     specs
         .iter()
