@@ -53,6 +53,9 @@ pub fn routes(state: AppState) -> axum::Router {
         state: state.clone(),
     })
     // The request size limit of HTTP bodies is the gRPC message limit too.
+    // tonic refuses a bigger message itself, before any handler runs, with
+    // OUT_OF_RANGE in the trailers (not RESOURCE_EXHAUSTED, which the
+    // ApiError mapping would give).
     .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
     let health = HealthServer::new(HealthCheck {
@@ -67,7 +70,6 @@ pub fn routes(state: AppState) -> axum::Router {
             inference,
         )
         .route_service("/grpc.health.v1.Health/{*rpc}", health)
-        .layer(middleware::from_fn_with_state(state.clone(), too_large))
         // Inside the span: the key check, so a refused call is still logged.
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -104,33 +106,6 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
             .into_http::<axum::body::Body>()
             .into_response(),
     }
-}
-
-/// tonic refuses a message over `max_decoding_message_size` before any
-/// handler runs, with its own status (`OUT_OF_RANGE`); this answers it as
-/// the [`ApiError::PayloadTooLarge`] it is, so its code comes from the one
-/// mapping (`RESOURCE_EXHAUSTED`, what gRPC itself answers for an oversized
-/// message).
-async fn too_large(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let refused = response
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"11")
-        && response.headers().get("grpc-message").is_some_and(|m| {
-            m.as_bytes()
-                .starts_with(b"Error, decoded message length too large")
-        });
-    if !refused {
-        return response;
-    }
-    let e = ApiError::PayloadTooLarge {
-        size: "more than that".into(),
-        limit: state.options.max_body_bytes,
-    };
-    Status::from(e)
-        .into_http::<axum::body::Body>()
-        .into_response()
 }
 
 struct Inference {

@@ -103,10 +103,14 @@ async fn the_exposition_matches_the_spec_after_traffic() {
     .unwrap();
     server.manager.reconcile().await.unwrap();
     assert_eq!(server.get("/v2/models/scale").await.status(), 200);
-    // The shadow copy of the one success runs after it answered.
+    // The shadow copy of the one success runs after it answered. (Its
+    // series exist from the start of the copy's task, before it ran: wait
+    // for the comparison itself.)
     for _ in 0..200 {
         let text = server.get("/metrics").await.text().await.unwrap();
-        if text.contains("sluice_shadow_latency_ratio_count") {
+        if text.contains(
+            r#"sluice_shadow_requests_total{model="scale",version="3",outcome="compared"} 1"#,
+        ) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
