@@ -91,7 +91,7 @@ def test_label_values_are_bounded(exposition, traffic):
             bad.append(f"model={lab['model']!r} (not a model of the repository): {s.line}")
         if "version" in lab and not re.fullmatch(r"|[1-9][0-9]*", lab["version"]):
             bad.append(f"version={lab['version']!r} (not a decimal version or \"\"): {s.line}")
-        if "protocol" in lab and lab["protocol"] != "http":
+        if "protocol" in lab and lab["protocol"] not in ("http", "grpc"):
             bad.append(f"protocol={lab['protocol']!r}: {s.line}")
         if "outcome" in lab:
             allowed = (REQUEST_OUTCOMES if s.name.startswith(("sluice_requests_total", "sluice_request_duration"))
