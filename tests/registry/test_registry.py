@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
 import oiphelpers as h
 from conftest import ADMIN_KEY
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telemetry"))
+import telhelpers as t  # noqa: E402
 
 SCALE = {v: h.FIXTURE_MODELS / "scale" / str(v) / "model.onnx" for v in (1, 2, 3)}
 WAIT_S = 60.0
@@ -98,6 +102,28 @@ def test_publish_to_object_storage_and_serve_from_it(registry, gateways):
     assert re.fullmatch(r"[0-9a-f]{64}", reg["revision"]), reg
     assert metric(gw, "sluice_registry_degraded") == 0
     assert metric(gw, "sluice_registry_revision") == int(reg["revision"][:13], 16)
+    assert abs(metric(gw, "sluice_registry_last_success_timestamp_seconds") - time.time()) < 600
+
+    # Every metric the spec reserves for a registry on object storage is
+    # exposed, with the spec's type and labels.
+    status, _, body = gw.request("GET", "/metrics")
+    exposition = t.parse_exposition(body.decode())
+    remote = [m for m in t.spec_metrics().values() if m.remote_only]
+    assert len(remote) == 4, remote
+    for m in remote:
+        assert t.exposition_names_for(m) <= exposition.names(), m.name
+
+    # Over gRPC (same port), ServerMetadata names the revision in its
+    # response metadata (the message itself has no field for it).
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    with grpc.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answer, call = stub.ServerMetadata.with_call(service_pb2.ServerMetadataRequest(), timeout=10)
+        meta = dict(call.initial_metadata())
+    assert answer.name == "sluice"
+    assert meta.get("sluice-registry-revision") == reg["revision"], meta
+    assert meta.get("sluice-registry-degraded") == "false", meta
 
     # The version number is claimed: publishing an existing one is refused.
     again = registry.cli("models", "publish", "scale", SCALE[2], "--version", "1",

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// too); port 0 picks a free port (printed at start)
     #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Also serve gRPC (inference.GRPCInferenceService, grpc.health.v1) on
+    /// this address (it is always on the HTTP port too); port 0 picks a
+    /// free port (printed at start)
+    #[arg(long, env = "SLUICE_GRPC_ADDR", value_name = "HOST:PORT")]
+    pub grpc_addr: Option<SocketAddr>,
     /// OTLP collector to export traces to, e.g. http://127.0.0.1:4317 (gRPC)
     /// or http://127.0.0.1:4318 (HTTP; /v1/traces is appended). Without it
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT are
@@ -175,6 +180,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
+    pub grpc_addr: Option<SocketAddr>,
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
     pub trace_sample_ratio: Option<f64>,
@@ -212,6 +218,7 @@ pub struct ServeSettings {
     pub log: String,
     pub http: sluice_server::HttpOptions,
     pub metrics_addr: Option<SocketAddr>,
+    pub grpc_addr: Option<SocketAddr>,
     pub trace: sluice_telemetry::trace::TraceConfig,
     /// The drift collector to run in process: `None` with --no-collector or
     /// when --capture-url sends records elsewhere.
@@ -323,6 +330,7 @@ impl ServeSettings {
                 .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
                 .unwrap_or_else(|| "info,ort=warn".into()),
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            grpc_addr: args.grpc_addr.or(file.grpc_addr),
             trace: trace_config(
                 args.otlp_endpoint.or(file.otlp_endpoint),
                 args.otlp_protocol.or(file.otlp_protocol),

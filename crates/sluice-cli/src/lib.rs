@@ -28,6 +28,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve every model in a model repository over HTTP, reloading versions
@@ -395,11 +397,21 @@ pub async fn serve(
         .endpoint
         .is_some()
         .then_some(settings.trace.sample_ratio);
-    // The signal stops the gateway's listener first (it drains, then
-    // flushes its capture records); the collector's loopback listener and
+    let grpc_listener = match settings.grpc_addr {
+        Some(grpc_addr) => {
+            let listener = tokio::net::TcpListener::bind(grpc_addr)
+                .await
+                .with_context(|| format!("cannot listen on {grpc_addr} for gRPC"))?;
+            println!("grpc on http://{}", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
+    // The signal stops the gateway's listeners first (they drain, then
+    // capture flushes its records); the collector's loopback listener and
     // the metrics listener are stopped after that, below.
     let (main_stop, main_stopped) = tokio::sync::oneshot::channel::<()>();
-    let main = sluice_server::run(listener, manager, http, async move {
+    let main = sluice_server::run_with_grpc(listener, grpc_listener, manager, http, async move {
         let _ = main_stopped.await;
     });
     tokio::pin!(main);

@@ -573,6 +573,31 @@ fn parse_shape(raw: &RawValue, tref: &TensorRef) -> Result<Vec<i64>, DecodeError
 
 /// A tensor from Triton's binary layout: raw little-endian elements, or for
 /// BYTES a 4-byte little-endian length before each element.
+/// A tensor from its elements in the binary tensor layout (a
+/// `binary_data_size` blob; also an entry of the gRPC protocol's
+/// `raw_input_contents`), checked against its declared datatype and shape
+/// the same way: the shape before anything is allocated from it, then the
+/// bytes against the shape. BYTES elements are slices of `blob`.
+pub fn decode_binary_tensor(
+    tref: &TensorRef,
+    datatype: &str,
+    shape: Vec<i64>,
+    blob: Bytes,
+) -> Result<Tensor, DecodeError> {
+    let Some(dtype) = DataType::parse(datatype) else {
+        return Err(DecodeError::UnknownDatatype {
+            tensor: tref.clone(),
+            got: datatype.to_string(),
+        });
+    };
+    let expected = element_count(&shape).map_err(|e| DecodeError::InvalidShape {
+        tensor: tref.clone(),
+        shape: format!("{shape:?}"),
+        reason: e.to_string(),
+    })?;
+    decode_binary_data(blob, dtype, shape, expected, tref)
+}
+
 fn decode_binary_data(
     blob: Bytes,
     dtype: DataType,

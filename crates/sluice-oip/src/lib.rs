@@ -85,7 +85,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use sluice_tensor::Tensor;
 
-pub use decode::{decode_infer_request, decode_infer_response};
+pub use decode::{decode_binary_tensor, decode_infer_request, decode_infer_response};
 pub use encode::{encode_infer_request, encode_infer_response, encode_infer_response_chunks};
 pub use error::{DecodeError, TensorRef};
 

@@ -1,8 +1,9 @@
-//! The one mapping from what went wrong to an HTTP status.
+//! The one mapping from what went wrong to an HTTP status, and to a gRPC
+//! status code.
 //!
 //! Every handler returns `Result<_, ApiError>`; every lower-layer error is
-//! converted here, and nowhere else decides a status code. The body is always
-//! `{"error": "<message>"}`.
+//! converted here, and nowhere else decides a status code. The HTTP body is
+//! always `{"error": "<message>"}`; over gRPC the message is the status's.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -57,6 +58,25 @@ impl ApiError {
         }
     }
 
+    /// The gRPC status code of the same failure. Overload (HTTP 429) is
+    /// `UNAVAILABLE`, as Triton answers a full queue over gRPC: it is the
+    /// code gRPC clients and retry policies treat as "try again shortly",
+    /// while `RESOURCE_EXHAUSTED` reads as a quota, and is what gRPC itself
+    /// answers for a message over the size limit (our 413).
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            ApiError::BadRequest(_) => tonic::Code::InvalidArgument,
+            ApiError::NotFound(_) => tonic::Code::NotFound,
+            ApiError::PayloadTooLarge { .. } => tonic::Code::ResourceExhausted,
+            ApiError::Overloaded(_) => tonic::Code::Unavailable,
+            ApiError::NotReady(_) => tonic::Code::Unavailable,
+            ApiError::Timeout(_) => tonic::Code::DeadlineExceeded,
+            ApiError::Internal(_) => tonic::Code::Internal,
+            ApiError::Unauthorized(_) => tonic::Code::Unauthenticated,
+            ApiError::Forbidden(_) => tonic::Code::PermissionDenied,
+        }
+    }
+
     /// The bounded `outcome` label of metrics and request logs.
     pub fn outcome(&self) -> Outcome {
         match self {
@@ -89,6 +109,12 @@ impl IntoResponse for ApiError {
         }
         response.extensions_mut().insert(ErrorMessage(message));
         response
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(e.grpc_code(), e.to_string())
     }
 }
 
@@ -153,6 +179,31 @@ mod tests {
         ];
         for (e, code) in cases {
             assert_eq!(e.status().as_u16(), code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn every_kind_has_its_grpc_code() {
+        use tonic::Code;
+        let cases = [
+            (ApiError::BadRequest(String::new()), Code::InvalidArgument),
+            (ApiError::NotFound(String::new()), Code::NotFound),
+            (
+                ApiError::PayloadTooLarge {
+                    size: "5".into(),
+                    limit: 1,
+                },
+                Code::ResourceExhausted,
+            ),
+            (ApiError::Overloaded(String::new()), Code::Unavailable),
+            (ApiError::NotReady(String::new()), Code::Unavailable),
+            (ApiError::Timeout(String::new()), Code::DeadlineExceeded),
+            (ApiError::Internal(String::new()), Code::Internal),
+            (ApiError::Unauthorized(String::new()), Code::Unauthenticated),
+            (ApiError::Forbidden(String::new()), Code::PermissionDenied),
+        ];
+        for (e, code) in cases {
+            assert_eq!(tonic::Status::from(e).code(), code);
         }
     }
 }

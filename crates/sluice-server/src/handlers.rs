@@ -15,24 +15,19 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sluice_oip::{InferResponse, ResponseOutput};
-use sluice_rollout::compare::Agreement;
-use sluice_rollout::routing::{self, Variant};
 use sluice_runtime::ModelExecutor;
-use sluice_serving::{ModelSnapshot, Snapshot, VersionState};
-use sluice_telemetry::Outcome;
+use sluice_serving::VersionState;
+use sluice_telemetry::Protocol;
 
 use crate::AppState;
 use crate::body::ChunksBody;
 use crate::error::ApiError;
-use crate::telemetry::{self, InferRecord};
+use crate::infer::{self, resolve};
+use crate::telemetry;
 use crate::triton;
 
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const MODEL_VERSION: HeaderName = HeaderName::from_static("sluice-model-version");
+pub use crate::infer::{MODEL_VERSION, REQUEST_ID, VARIANT};
 pub const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
-/// Asks for a side of a canary rollout (`stable` or `canary`) and, on the
-/// response, names the side that answered.
-pub const VARIANT: HeaderName = HeaderName::from_static("x-sluice-variant");
 
 pub fn routes(state: AppState) -> Router {
     // Models and the repository: behind the API keys when there are any.
@@ -92,29 +87,37 @@ pub fn routes(state: AppState) -> Router {
 /// key is accepted too). Health, server metadata and metrics stay open, for
 /// probes and scrapers.
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match check_api_key(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether `headers` (HTTP headers or gRPC metadata) carry a key of the
+/// inference API, or an admin key; always true when the inference API has
+/// no keys.
+pub(crate) fn check_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let keys = &state.options.api_keys;
     if keys.is_empty() {
-        return next.run(request).await;
+        return Ok(());
     }
-    let headers = request.headers();
     match keys.check(headers) {
-        Ok(_) => next.run(request).await,
-        Err(_) if state.options.admin_keys.check(headers).is_ok() => next.run(request).await,
+        Ok(_) => Ok(()),
+        Err(_) if state.options.admin_keys.check(headers).is_ok() => Ok(()),
         Err(crate::auth::Denied::Missing | crate::auth::Denied::NotConfigured) => {
-            ApiError::Unauthorized(
+            Err(ApiError::Unauthorized(
                 "this server needs an API key: Authorization: Bearer <key>".into(),
-            )
-            .into_response()
+            ))
         }
-        Err(crate::auth::Denied::Wrong) => {
-            ApiError::Unauthorized("that is not an API key of this server".into()).into_response()
-        }
+        Err(crate::auth::Denied::Wrong) => Err(ApiError::Unauthorized(
+            "that is not an API key of this server".into(),
+        )),
     }
 }
 
 /// Outermost layer: every response carries the request's id, taken from the
 /// client's `x-request-id` or made here, so logs and clients agree on it.
-async fn request_id(mut request: Request, next: Next) -> Response {
+pub(crate) async fn request_id(mut request: Request, next: Next) -> Response {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let id = match request.headers().get(&REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
@@ -151,7 +154,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 async fn server_metadata(State(state): State<AppState>) -> axum::Json<Value> {
-    axum::Json(triton::server_metadata(&state.manager))
+    axum::Json(triton::server_metadata(&state.manager).to_json())
 }
 
 /// OIP health responses carry `{"live": true}` / `{"ready": bool}` bodies
@@ -172,111 +175,6 @@ async fn ready(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(json!({ "ready": ready }))).into_response()
-}
-
-/// Finds the version that answers: the one named, or the model's default.
-/// A request's model, the version that answers it, and its side.
-type Routed = (Arc<ModelSnapshot>, Arc<ModelExecutor>, Option<Variant>);
-
-/// Which version answers an inference request, and on which side of the
-/// model's traffic policy: an explicit version in the URL; else the variant
-/// header (`x-sluice-variant`); else the policy's sticky header, hashed onto
-/// [0, 1) against the canary weight; else a random draw. `None` as variant
-/// for an explicit version that is neither the stable nor the canary one.
-fn route(
-    snapshot: &Snapshot,
-    model: &str,
-    version: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Routed, ApiError> {
-    let (entry, executor) = resolve(snapshot, model, version)?;
-    let canary = entry.canary();
-    if version.is_some() {
-        let v = executor.version();
-        let variant = if canary.is_some_and(|(c, _)| c.version() == v) {
-            Some(Variant::Canary)
-        } else if entry.default_version().is_some_and(|d| d.version() == v) {
-            Some(Variant::Stable)
-        } else {
-            None
-        };
-        return Ok((entry, executor, variant));
-    }
-    let requested = match headers.get(&VARIANT) {
-        None => None,
-        Some(v) => Some(v.to_str().ok().and_then(Variant::parse).ok_or_else(|| {
-            ApiError::BadRequest(
-                "x-sluice-variant must be 'stable' or 'canary' (or leave it out)".into(),
-            )
-        })?),
-    };
-    let Some((canary_executor, weight)) = canary else {
-        return Ok((entry, executor, Some(Variant::Stable)));
-    };
-    let sticky = entry
-        .policy
-        .as_ref()
-        .and_then(|p| p.sticky_header.as_deref())
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty());
-    let (variant, _reason) = routing::choose(true, weight, requested, sticky, routing::random_unit);
-    let executor = match variant {
-        Variant::Canary => canary_executor.clone(),
-        Variant::Stable => executor,
-    };
-    Ok((entry, executor, Some(variant)))
-}
-
-fn resolve(
-    snapshot: &Snapshot,
-    model: &str,
-    version: Option<&str>,
-) -> Result<(Arc<ModelSnapshot>, Arc<ModelExecutor>), ApiError> {
-    if !snapshot.initialised {
-        return Err(ApiError::NotReady(
-            "the server is still loading the model repository".into(),
-        ));
-    }
-    let Some(entry) = snapshot.model(model) else {
-        return Err(if snapshot.knows(model) {
-            ApiError::NotReady(format!(
-                "model '{model}' is not ready: {}",
-                snapshot.why_not_ready(model)
-            ))
-        } else {
-            ApiError::NotFound(format!("unknown model '{model}'"))
-        });
-    };
-    match version {
-        None => match entry.default_version() {
-            Some(executor) => Ok((entry.clone(), executor.clone())),
-            None => Err(ApiError::NotReady(format!(
-                "model '{model}' has no ready version: {}",
-                snapshot.why_not_ready(model)
-            ))),
-        },
-        Some(v) => {
-            let parsed = v.parse::<u64>().ok().filter(|n| n.to_string() == v);
-            let Some(n) = parsed else {
-                return Err(ApiError::NotFound(format!(
-                    "model '{model}' has no version '{v}' (versions are positive integers)"
-                )));
-            };
-            if let Some(executor) = entry.versions.get(&n) {
-                return Ok((entry.clone(), executor.clone()));
-            }
-            match snapshot.version_entry(model, n) {
-                Some(row) if row.state != VersionState::Ready => Err(ApiError::NotReady(format!(
-                    "model '{model}' version {n} is not ready: {}",
-                    row.reason
-                ))),
-                _ => Err(ApiError::NotFound(format!(
-                    "model '{model}' has no version {n}"
-                ))),
-            }
-        }
-    }
 }
 
 /// The path of a model endpoint: the model, and the version when the URL
@@ -394,70 +292,66 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let arrival = arrival.map(|a| a.0);
-    let started = arrival
-        .map(|a| a.at)
-        .unwrap_or_else(std::time::Instant::now);
-    let arrived = Arrived {
-        at: started,
-        trace_id: arrival.map(|a| a.trace_id),
+    let call = infer::Call {
+        model: &p.model,
+        version: p.version.as_deref(),
+        headers: &headers,
+        arrived: infer::Arrived::from_arrival(arrival.map(|a| a.0)),
+        protocol: Protocol::Http,
     };
-    let (executor, result) = infer_inner(
-        &state,
-        &p.model,
-        p.version.as_deref(),
-        arrived,
-        headers,
-        body,
-    )
+    let limit = state.options.max_body_bytes;
+    let served = infer::infer(&state, call, |executor| {
+        decode(executor, &headers, body, limit)
+    })
     .await;
-    let outcome = match &result {
-        Ok(_) => Outcome::Success,
-        Err(e) => e.outcome(),
+    let mut response = match served.result {
+        Ok((answer, request)) => encode(answer, &request),
+        Err(e) => e.into_response(),
     };
-    let seconds = started.elapsed().as_secs_f64();
-    // The model label only ever names a model the repository holds.
-    let model = match &executor {
-        Some(e) => e.model().to_string(),
-        None if state.manager.snapshot().knows(&p.model) => p.model.clone(),
-        None => String::new(),
-    };
-    match executor.as_ref().and_then(|e| e.metrics()) {
-        Some(m) => m.record_request(outcome, seconds, telemetry::sampled_trace_id()),
-        None => {
-            if let Some(metrics) = &state.options.metrics {
-                sluice_telemetry::record_unrouted(metrics, &model, "http", outcome, seconds);
-            }
-        }
-    }
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(InferRecord {
-        model,
-        version: executor.as_ref().map(|e| e.version()),
-        outcome,
-    });
+    response.extensions_mut().insert(served.record);
     response
 }
 
-/// Counts a request in its version's in-flight gauge while it lives.
-struct InFlight(Option<Arc<sluice_telemetry::metric::Gauge>>);
-
-impl InFlight {
-    fn new(executor: &ModelExecutor) -> InFlight {
-        let gauge = executor.metrics().map(|m| m.in_flight.clone());
-        if let Some(g) = &gauge {
-            g.inc();
-        }
-        InFlight(gauge)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(g) = &self.0 {
-            g.dec();
-        }
-    }
+/// Reads and decodes an HTTP inference body (JSON, or JSON and binary
+/// tensors) into tensors. The rest of the request (its id, which outputs
+/// go out binary) is kept for [`encode`].
+async fn decode(
+    executor: Arc<ModelExecutor>,
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<(infer::Decoded, sluice_oip::InferRequest), ApiError> {
+    let body = read_body(headers, body, limit).await?;
+    let header_length = match headers.get(&HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Inference-Header-Content-Length is not a number".into())
+                })?,
+        ),
+    };
+    let mut request = {
+        let _span = sluice_telemetry::child_span!(
+            "sluice.decode",
+            "sluice.model" = executor.model(),
+            "sluice.model_version" = executor.version() as i64,
+            "sluice.request_bytes" = body.len() as i64,
+        )
+        .entered();
+        sluice_oip::decode_infer_request(body, header_length)?
+    };
+    let outputs: Vec<String> = match &request.outputs {
+        Some(outputs) => outputs.iter().map(|o| o.name.clone()).collect(),
+        None => Vec::new(),
+    };
+    let inputs = std::mem::take(&mut request.inputs)
+        .into_iter()
+        .map(|named| (named.name, named.tensor))
+        .collect();
+    Ok((infer::Decoded { inputs, outputs }, request))
 }
 
 /// Reads the body, refusing one over the limit before reading it when its
@@ -553,176 +447,15 @@ fn decompress(encoding: Encoding, raw: &[u8], limit: u64) -> Result<Bytes, ApiEr
     Ok(Bytes::from(out))
 }
 
-/// Routes, decodes, runs and encodes one inference. Returns the version
-/// that was chosen (if routing got that far) with the result, so the caller
-/// can count the request against it.
-async fn infer_inner(
-    state: &AppState,
-    model: &str,
-    version: Option<&str>,
-    arrived: Arrived,
-    headers: HeaderMap,
-    body: Body,
-) -> (Option<Arc<ModelExecutor>>, Result<Response, ApiError>) {
-    // Route first: an unknown model is a 404 whatever the body holds. The
-    // snapshot guard is dropped here, before any await.
-    let (entry, executor, variant) =
-        match route(&state.manager.snapshot(), model, version, &headers) {
-            Ok(routed) => routed,
-            Err(e) => return (None, Err(e)),
-        };
-    // Shadow copies are decided now (a draw per shadow) and sent after the
-    // primary answered; the common case (no shadows) costs nothing more.
-    // A request pinned to a shadow version is not copied to itself.
-    let shadows: Vec<(Arc<ModelExecutor>, Agreement)> = entry
-        .shadows()
-        .filter(|(e, _)| e.version() != executor.version())
-        .filter(|(_, s)| routing::sampled(s.percent, routing::random_unit))
-        .map(|(e, s)| (e.clone(), s.agreement))
-        .collect();
-    // Capture is decided now too, from the model's `[capture]` in this
-    // snapshot; a request that is not sampled costs a draw (or a hash of its
-    // key header) and nothing else.
-    let capture = state
-        .capture
-        .as_ref()
-        .filter(|_| entry.config.capture.enabled())
-        .and_then(|hub| Some((&**hub, hub.plan(&entry.config.capture, &headers)?)));
-    let has_policy = entry.policy.is_some();
-    drop(entry);
-    let _in_flight = InFlight::new(&executor);
-    let side = Side {
+/// Encodes an answer as an HTTP response: JSON, with the outputs asked for
+/// in binary after it, and the headers naming the version and side.
+fn encode(answer: infer::Answer, request: &sluice_oip::InferRequest) -> Response {
+    let infer::Answer {
+        executor,
         variant,
-        in_body: has_policy,
-    };
-    let after = After {
-        shadows,
-        capture,
-        arrived,
-    };
-    let result = run_inference(state, &executor, side, after, headers, body).await;
-    (Some(executor), result)
-}
-
-/// When a request arrived, and its trace id.
-#[derive(Debug, Clone, Copy)]
-struct Arrived {
-    at: std::time::Instant,
-    trace_id: Option<u128>,
-}
-
-/// What happens after the primary answered: shadow copies, capture.
-struct After<'a> {
-    shadows: Vec<(Arc<ModelExecutor>, Agreement)>,
-    capture: Option<(&'a crate::capture::CaptureHub, crate::capture::Plan)>,
-    arrived: Arrived,
-}
-
-/// The side of a rollout a request was routed to, and whether the response
-/// body names it too (models with a traffic policy).
-#[derive(Debug, Clone, Copy)]
-struct Side {
-    variant: Option<Variant>,
-    in_body: bool,
-}
-
-async fn run_inference(
-    state: &AppState,
-    executor: &ModelExecutor,
-    side: Side,
-    after: After<'_>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let After {
-        shadows,
-        capture,
-        arrived,
-    } = after;
-    // Failures before the executor sees the request count against the
-    // version here; the executor counts its own.
-    let started = std::time::Instant::now();
-    let failed = |e: ApiError| {
-        executor.stats().record_failure(started.elapsed());
-        e
-    };
-    let body = read_body(&headers, body, state.options.max_body_bytes)
-        .await
-        .map_err(failed)?;
-    let header_length = match headers.get(&HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    failed(ApiError::BadRequest(
-                        "Inference-Header-Content-Length is not a number".into(),
-                    ))
-                })?,
-        ),
-    };
-    let mut request = {
-        let _span = sluice_telemetry::child_span!(
-            "sluice.decode",
-            "sluice.model" = executor.model(),
-            "sluice.model_version" = executor.version() as i64,
-            "sluice.request_bytes" = body.len() as i64,
-        )
-        .entered();
-        sluice_oip::decode_infer_request(body, header_length).map_err(|e| failed(e.into()))?
-    };
-    let names: Vec<String> = match &request.outputs {
-        Some(outputs) => outputs.iter().map(|o| o.name.clone()).collect(),
-        None => Vec::new(),
-    };
-    let inputs: Vec<(String, sluice_tensor::Tensor)> = std::mem::take(&mut request.inputs)
-        .into_iter()
-        .map(|named| (named.name, named.tensor))
-        .collect();
-    // Tensors are reference-counted buffers: the copy for shadows shares them.
-    let shadow_copy = (!shadows.is_empty()).then(|| (inputs.clone(), names.clone()));
-    let captured_inputs = capture
-        .filter(|(_, plan)| plan.keeps_inputs())
-        .map(|_| inputs.clone());
-    let primary_started = std::time::Instant::now();
-    let result = executor.infer(inputs, names).await?;
-    let request_id = || {
-        headers
-            .get(&REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
-    if let Some((hub, plan)) = capture {
-        hub.submit(
-            plan,
-            crate::capture::Answered {
-                executor,
-                variant: side.variant,
-                request_id: request_id(),
-                trace_id: arrived.trace_id,
-                latency: arrived.at.elapsed(),
-                inputs: captured_inputs,
-                outputs: &result.outputs,
-            },
-        );
-    }
-    if let Some((inputs, requested)) = shadow_copy {
-        let request_id = request_id().to_string();
-        crate::shadow::dispatch(
-            &state.shadows,
-            shadows,
-            crate::shadow::Primary {
-                version: executor.version(),
-                inputs,
-                requested,
-                outputs: result.outputs.clone(),
-                latency: primary_started.elapsed(),
-                request_id,
-                trace_id: telemetry::sampled_trace_id(),
-            },
-        );
-    }
+        variant_in_body,
+        outputs,
+    } = answer;
     let encode_span = sluice_telemetry::child_span!(
         "sluice.encode",
         "sluice.model" = executor.model(),
@@ -730,8 +463,7 @@ async fn run_inference(
         "sluice.response_bytes" = tracing::field::Empty,
     )
     .entered();
-    let outputs = result
-        .outputs
+    let outputs = outputs
         .into_iter()
         .map(|(name, tensor)| ResponseOutput {
             binary_data: request.output_binary(&name),
@@ -741,7 +473,7 @@ async fn run_inference(
         .collect();
     let version_text = executor.version().to_string();
     // Only a model with a canary names the side in the body too.
-    let parameters = side.variant.filter(|_| side.in_body).map(|v| {
+    let parameters = variant.filter(|_| variant_in_body).map(|v| {
         let mut p = serde_json::Map::new();
         p.insert("variant".into(), Value::from(v.as_str()));
         p
@@ -764,7 +496,7 @@ async fn run_inference(
         MODEL_VERSION,
         HeaderValue::from_str(&version_text).expect("digits are a valid header value"),
     );
-    if let Some(v) = side.variant {
+    if let Some(v) = variant {
         h.insert(VARIANT, HeaderValue::from_static(v.as_str()));
     }
     match header_length {
@@ -782,5 +514,5 @@ async fn run_inference(
             );
         }
     }
-    Ok(response)
+    response
 }

@@ -17,13 +17,21 @@
 //! 6. encode and answer, naming the version that answered.
 //! 7. after the answer: shadow copies and, for a sampled request, its capture
 //!    record are handed to tasks of their own ([`capture`]); neither waits.
+//!
+//! The same port speaks the Open Inference Protocol over gRPC
+//! (`inference.GRPCInferenceService`, and `grpc.health.v1.Health`): h2c
+//! requests to those services go to the gRPC routes (`grpc`), which share
+//! steps 4 to 7 with HTTP (`infer`). [`run_with_grpc`] also serves them on a
+//! listener of their own.
 
 mod admin;
 mod auth;
 mod body;
 pub mod capture;
 mod error;
+mod grpc;
 mod handlers;
+mod infer;
 mod rollout;
 mod shadow;
 mod telemetry;
@@ -44,6 +52,8 @@ use tokio::net::TcpListener;
 pub use auth::KeySet;
 pub use capture::CaptureOptions;
 pub use error::ApiError;
+/// The generated gRPC messages, server and client (`proto/grpc_service.proto`).
+pub use grpc::proto as grpc_proto;
 
 /// Settings of the HTTP server itself (per-model settings live in each
 /// model's `model.toml`).
@@ -119,11 +129,50 @@ pub fn router(manager: ModelManager, options: HttpOptions) -> axum::Router {
     build(manager, options).0
 }
 
-/// The router, and the capture exporter to close at shutdown.
+/// Serves HTTP and gRPC on `listener` and, when given, gRPC alone on
+/// `grpc_listener`, until `shutdown` resolves; then both stop accepting and
+/// drain as [`run`] does.
+pub async fn run_with_grpc(
+    listener: TcpListener,
+    grpc_listener: Option<TcpListener>,
+    manager: ModelManager,
+    options: HttpOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let grace = options.shutdown_grace;
+    let (app, grpc, capture) = build(manager, options);
+    let served = match grpc_listener {
+        None => serve("http", listener, app, grace, shutdown).await,
+        Some(grpc_listener) => {
+            // One shutdown signal, seen by both accept loops.
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let http = serve("http", listener, app, grace, signal(stopped.clone()));
+            let grpc = serve("grpc", grpc_listener, grpc, grace, signal(stopped));
+            let trigger = async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            };
+            let (_, http, grpc) = tokio::join!(trigger, http, grpc);
+            http.and(grpc)
+        }
+    };
+    // Records of the last requests are sent (one attempt each) before the
+    // process goes.
+    if let Some(capture) = capture {
+        capture.close(grace.min(Duration::from_secs(5))).await;
+    }
+    served
+}
+
+/// The router (HTTP, and gRPC on the same port), the gRPC routes alone
+/// (for `--grpc-addr`), and the capture exporter to close at shutdown.
 fn build(
     manager: ModelManager,
     options: HttpOptions,
-) -> (axum::Router, Option<capture::Exporting>) {
+) -> (axum::Router, axum::Router, Option<capture::Exporting>) {
     let shadows = Arc::new(shadow::ShadowBook::new(
         options.metrics.clone(),
         options.shadow_queue,
@@ -141,21 +190,25 @@ fn build(
     );
     let mut options = options;
     let extra = options.extra_routes.take();
-    let router = handlers::routes(AppState {
+    let state = AppState {
         manager,
         options: Arc::new(options),
         shadows,
         rollouts: Arc::default(),
         capture,
-    });
+    };
+    let grpc = grpc::routes(state.clone());
+    // The gRPC routes keep their own layers: the HTTP ones (route metric,
+    // HTTP log line, JSON errors) do not apply to them.
+    let router = handlers::routes(state).merge(grpc.clone());
     let router = match extra {
         Some(extra) => router.merge(extra),
         None => router,
     };
-    (router, exporting)
+    (router, grpc, exporting)
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting,
+/// Serves HTTP (and gRPC) on `listener` until `shutdown` resolves, then stops accepting,
 /// lets in-flight requests finish (up to `shutdown_grace`) and returns.
 pub async fn run(
     listener: TcpListener,
@@ -163,15 +216,7 @@ pub async fn run(
     options: HttpOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let grace = options.shutdown_grace;
-    let (app, capture) = build(manager, options);
-    let served = serve("http", listener, app, grace, shutdown).await;
-    // Records of the last requests are sent (one attempt each) before the
-    // process goes.
-    if let Some(capture) = capture {
-        capture.close(grace.min(Duration::from_secs(5))).await;
-    }
-    served
+    run_with_grpc(listener, None, manager, options, shutdown).await
 }
 
 /// Serves `/metrics` alone on `listener` (the `--metrics-addr` port), until

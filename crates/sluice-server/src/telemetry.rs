@@ -111,6 +111,73 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// A request's trace: its server span when it is traced, and the ids its
+/// log line and returned `traceparent` carry either way.
+pub(crate) struct Trace {
+    pub span: Option<tracing::Span>,
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub flags: &'static str,
+}
+
+/// Decides whether a request is traced (the caller's `traceparent` in
+/// `headers`, else a draw against the sample ratio) and, if it is, opens
+/// its server span with `make_span` as a child of the caller's context.
+/// Shared by HTTP and gRPC (whose metadata are headers too).
+pub(crate) fn start_trace(
+    state: &AppState,
+    headers: &HeaderMap,
+    make_span: impl FnOnce() -> tracing::Span,
+) -> Trace {
+    let parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace::parse_traceparent);
+    let traced = state
+        .options
+        .trace_sample_ratio
+        .is_some_and(|ratio| trace::sample(parent.as_ref(), ratio));
+    // The ids of this request's server span, known before the handler runs
+    // (the infer handler puts the trace id in capture records): the real
+    // ones when traced, else made up here, continuing the caller's trace id
+    // when it sent one.
+    if traced {
+        let span = make_span();
+        let cx = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(headers))
+        });
+        let _ = span.set_parent(cx);
+        let cx = span.context();
+        let otel_span = cx.span();
+        let sc = otel_span.span_context();
+        let flags = if sc.is_sampled() { "01" } else { "00" };
+        let trace_id = u128::from_be_bytes(sc.trace_id().to_bytes());
+        let span_id = u64::from_be_bytes(sc.span_id().to_bytes());
+        Trace {
+            span: Some(span),
+            trace_id,
+            span_id,
+            flags,
+        }
+    } else {
+        let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(|| {
+            (u128::from(trace::random_u64()) << 64) | u128::from(trace::random_u64() | 1)
+        });
+        // Not recorded here; a caller's sampled flag is passed on as is.
+        let flags = if parent.is_some_and(|p| p.sampled) {
+            "01"
+        } else {
+            "00"
+        };
+        Trace {
+            span: None,
+            trace_id,
+            span_id: trace::random_u64() | 1,
+            flags,
+        }
+    }
+}
+
 /// Middleware around every route: server span, HTTP metric, log line.
 ///
 /// Whether the request is traced is decided here, first, from the caller's
@@ -130,28 +197,19 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let parent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(trace::parse_traceparent);
-    let traced = state
-        .options
-        .trace_sample_ratio
-        .is_some_and(|ratio| trace::sample(parent.as_ref(), ratio));
-
-    // The ids of this request's server span, known before the handler runs
-    // (the infer handler puts the trace id in capture records): the real
-    // ones when traced, else made up here, continuing the caller's trace id
-    // when it sent one.
-    let (span, trace_id, span_id, flags) = if traced {
+    let Trace {
+        span,
+        trace_id,
+        span_id,
+        flags,
+    } = start_trace(&state, request.headers(), || {
         // Semantic-convention span name: the route template, never the raw path.
         let name = if route.is_empty() {
             method.to_string()
         } else {
             format!("{method} {route}")
         };
-        let span = tracing::trace_span!(
+        tracing::trace_span!(
             target: SPAN_TARGET,
             "http.server",
             otel.name = %name,
@@ -167,30 +225,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
             "sluice.model" = Empty,
             "sluice.model_version" = Empty,
             "error.type" = Empty,
-        );
-        let cx = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(request.headers()))
-        });
-        let _ = span.set_parent(cx);
-        let cx = span.context();
-        let otel_span = cx.span();
-        let sc = otel_span.span_context();
-        let flags = if sc.is_sampled() { "01" } else { "00" };
-        let trace_id = u128::from_be_bytes(sc.trace_id().to_bytes());
-        let span_id = u64::from_be_bytes(sc.span_id().to_bytes());
-        (Some(span), trace_id, span_id, flags)
-    } else {
-        let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(|| {
-            (u128::from(trace::random_u64()) << 64) | u128::from(trace::random_u64() | 1)
-        });
-        // Not recorded here; a caller's sampled flag is passed on as is.
-        let flags = if parent.is_some_and(|p| p.sampled) {
-            "01"
-        } else {
-            "00"
-        };
-        (None, trace_id, trace::random_u64() | 1, flags)
-    };
+        )
+    });
     request.extensions_mut().insert(Arrival {
         at: started,
         trace_id,
@@ -273,4 +309,176 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
             async move { render_metrics(Some(&metrics), &headers) }
         }),
     )
+}
+
+/// Where a gRPC handler leaves its [`InferRecord`] for the request's span
+/// and log line: a failed call is a `tonic::Status`, which carries no
+/// extensions, so the record cannot travel on the response as it does over
+/// HTTP. A request extension, set once.
+#[derive(Debug, Clone, Default)]
+pub struct RecordSlot(pub Arc<std::sync::OnceLock<InferRecord>>);
+
+/// gRPC codes that are the server's failure (OpenTelemetry's RPC
+/// conventions): the span's status is then an error, and the log line a
+/// warning.
+fn grpc_server_error(code: i32) -> bool {
+    use tonic::Code;
+    [
+        Code::Unknown,
+        Code::DeadlineExceeded,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+    ]
+    .iter()
+    .any(|c| *c as i32 == code)
+}
+
+/// `grpc-message` is percent-encoded on the wire.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The gRPC counterpart of [`observe`], around every gRPC call: the server
+/// span (`{service}/{method}`, child of the caller's `traceparent` in the
+/// metadata), the `traceparent` returned in the response metadata, and the
+/// one log line per call with its gRPC status. The HTTP server metric is
+/// not recorded: a gRPC call is not an HTTP route (inference calls are
+/// counted in `sluice_requests_total` with `protocol="grpc"`).
+pub async fn observe_grpc(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let rpc = request.uri().path().trim_start_matches('/').to_string();
+    let (service, method) = rpc.split_once('/').unwrap_or((rpc.as_str(), ""));
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let Trace {
+        span,
+        trace_id,
+        span_id,
+        flags,
+    } = start_trace(&state, request.headers(), || {
+        tracing::trace_span!(
+            target: SPAN_TARGET,
+            "grpc.server",
+            otel.name = %rpc,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            "rpc.system" = "grpc",
+            "rpc.service" = service,
+            "rpc.method" = method,
+            "rpc.grpc.status_code" = Empty,
+            "sluice.request_id" = %request_id,
+            "sluice.model" = Empty,
+            "sluice.model_version" = Empty,
+            "error.type" = Empty,
+        )
+    });
+    let slot = RecordSlot::default();
+    request.extensions_mut().insert(Arrival {
+        at: started,
+        trace_id,
+    });
+    request.extensions_mut().insert(slot.clone());
+    let mut response = match &span {
+        Some(span) => next.run(request).instrument(span.clone()).await,
+        None => next.run(request).await,
+    };
+
+    let status = response.status();
+    let elapsed = started.elapsed();
+    // A failed unary call is a trailers-only response: its status is in the
+    // headers. A success's status (0) comes in the trailers.
+    let code: i32 = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if status.is_success() { 0 } else { 2 });
+    let error = response
+        .headers()
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(percent_decode);
+    let record = slot.0.get().cloned();
+    if let Some(span) = &span {
+        span.record("rpc.grpc.status_code", i64::from(code));
+        if let Some(r) = &record {
+            span.record("sluice.model", r.model.as_str());
+            if let Some(v) = r.version {
+                span.record("sluice.model_version", v as i64);
+            }
+        }
+        if code != 0 {
+            let error_type = record
+                .as_ref()
+                .map(|r| r.outcome.as_str().to_string())
+                .unwrap_or_else(|| format!("{:?}", tonic::Code::from(code)));
+            span.record("error.type", error_type.as_str());
+        }
+        if grpc_server_error(code) {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    let trace_id = format!("{trace_id:032x}");
+    let span_id = format!("{span_id:016x}");
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-{flags}")) {
+        response.headers_mut().insert("traceparent", v);
+    }
+
+    let model = record.as_ref().map(|r| r.model.as_str());
+    let model_version = record.as_ref().and_then(|r| r.version);
+    let outcome = record.as_ref().map(|r| r.outcome.as_str());
+    let duration_ms = elapsed.as_secs_f64() * 1e3;
+    let error = error.as_deref();
+    macro_rules! request_line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "sluice::request",
+                request_id = %request_id,
+                trace_id = %trace_id,
+                span_id = %span_id,
+                protocol = "grpc",
+                rpc = %rpc,
+                status = status.as_u16(),
+                grpc_status = code,
+                outcome,
+                model,
+                version = model_version,
+                duration_ms,
+                error,
+                "request"
+            )
+        };
+    }
+    if grpc_server_error(code) {
+        request_line!(warn);
+    } else {
+        request_line!(info);
+    }
+    response
 }

@@ -13,6 +13,44 @@ pub const EXTENSIONS: &[&str] = &[
     "model_configuration",
 ];
 
+/// What `GET /v2` and gRPC `ServerMetadata` answer: one source for both.
+#[derive(Debug, Clone)]
+pub struct ServerMetadata {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: &'static [&'static str],
+    /// With a registry on object storage: the revision served and whether
+    /// the replica is degraded (the registry unreachable: serving what it
+    /// has). In `GET /v2` as `registry`; over gRPC, whose message has no
+    /// field for it, as the `sluice-registry-revision` and
+    /// `sluice-registry-degraded` response metadata.
+    pub registry: Option<std::sync::Arc<sluice_serving::RegistryStatus>>,
+}
+
+pub fn server_metadata(manager: &sluice_serving::ModelManager) -> ServerMetadata {
+    ServerMetadata {
+        name: "sluice",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: EXTENSIONS,
+        registry: manager.registry().map(|r| r.status()),
+    }
+}
+
+impl ServerMetadata {
+    /// The JSON of `GET /v2`.
+    pub fn to_json(&self) -> Value {
+        let mut out = json!({
+            "name": self.name,
+            "version": self.version,
+            "extensions": self.extensions,
+        });
+        if let Some(registry) = &self.registry {
+            out["registry"] = serde_json::to_value(&**registry).unwrap_or(Value::Null);
+        }
+        out
+    }
+}
+
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<Value> {
     specs
         .iter()
@@ -118,20 +156,4 @@ pub fn model_stats(name: &str, executor: &ModelExecutor) -> Value {
         },
         "batch_stats": [],
     })
-}
-
-/// The server metadata (`GET /v2`): name, version, extensions, and, with a
-/// registry on object storage, the registry revision this replica serves
-/// and whether it is degraded (the registry unreachable: serving what it
-/// has).
-pub fn server_metadata(manager: &sluice_serving::ModelManager) -> Value {
-    let mut out = json!({
-        "name": "sluice",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": EXTENSIONS,
-    });
-    if let Some(registry) = manager.registry() {
-        out["registry"] = serde_json::to_value(&*registry.status()).unwrap_or(Value::Null);
-    }
-    out
 }

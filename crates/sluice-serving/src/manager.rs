@@ -639,7 +639,7 @@ impl Reconciler {
             .options
             .metrics
             .as_ref()
-            .map(|m| VersionMetrics::new(m, name, entry.version, "http"));
+            .map(|m| VersionMetrics::new(m, name, entry.version));
         let runtime = self.options.runtime.clone();
         let require = self.options.require_manifests;
         let model = name.to_string();

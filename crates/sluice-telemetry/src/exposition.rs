@@ -298,13 +298,14 @@ pub fn encode(metrics: &Metrics, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{LiveState, Outcome, VersionMetrics};
+    use crate::metrics::{LiveState, Outcome, Protocol, VersionMetrics};
 
     #[test]
     fn prometheus_text_and_openmetrics() {
         let m = Metrics::new();
-        let v = VersionMetrics::new(&m, "ir\"is", 1, "http");
+        let v = VersionMetrics::new(&m, "ir\"is", 1);
         v.record_request(
+            Protocol::Http,
             Outcome::Success,
             3e-5,
             Some("0af7651916cd43dd8448eb211c80319c".into()),

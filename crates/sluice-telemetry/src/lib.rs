@@ -15,6 +15,6 @@ pub mod trace;
 
 pub use exposition::{Format, encode};
 pub use metrics::{
-    CaptureCounters, CaptureOutcome, LiveState, Metrics, Outcome, RequestTotals, ShadowMetrics,
-    ShadowOutcome, VersionMetrics, record_unrouted,
+    CaptureCounters, CaptureOutcome, LiveState, Metrics, Outcome, Protocol, RequestTotals,
+    ShadowMetrics, ShadowOutcome, VersionMetrics, record_unrouted,
 };

@@ -57,6 +57,30 @@ impl Outcome {
     }
 }
 
+/// The protocol a request came in on: the `protocol` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// The OIP REST API (HTTP/1.1 or HTTP/2).
+    Http,
+    /// `inference.GRPCInferenceService`.
+    Grpc,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The kind of a family, as the exposition formats name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -583,19 +607,20 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
-    /// Resolves the handles of `model` version `version` for `protocol`.
-    pub fn new(metrics: &Metrics, model: &str, version: u64, protocol: &str) -> VersionMetrics {
+    /// Resolves the handles of `model` version `version`, for every
+    /// protocol (a version answers HTTP and gRPC alike).
+    pub fn new(metrics: &Metrics, model: &str, version: u64) -> VersionMetrics {
         let v = version.to_string();
         let labels = [model, v.as_str()];
-        fn per_outcome<M>(
-            family: &Family<M>,
-            model: &str,
-            version: &str,
-            protocol: &str,
-        ) -> Vec<Arc<M>> {
-            Outcome::ALL
+        // Indexed by protocol, then outcome (see `slot`).
+        fn per_outcome<M>(family: &Family<M>, model: &str, version: &str) -> Vec<Arc<M>> {
+            Protocol::ALL
                 .iter()
-                .map(|o| family.get(&[model, version, protocol, o.as_str()]))
+                .flat_map(|p| {
+                    Outcome::ALL
+                        .iter()
+                        .map(move |o| family.get(&[model, version, p.as_str(), o.as_str()]))
+                })
                 .collect()
         }
         VersionMetrics {
@@ -606,16 +631,27 @@ impl VersionMetrics {
             batch_size: metrics.batch_size.get(&labels),
             in_flight: metrics.in_flight.get(&labels),
             capture: Arc::new(CaptureCounters::new(metrics, model)),
-            requests: per_outcome(&metrics.requests, model, &v, protocol),
-            durations: per_outcome(&metrics.request_duration, model, &v, protocol),
+            requests: per_outcome(&metrics.requests, model, &v),
+            durations: per_outcome(&metrics.request_duration, model, &v),
         }
     }
 
-    /// Counts one answered request and its duration; `trace_id` (of a
-    /// sampled trace) becomes the duration's exemplar.
-    pub fn record_request(&self, outcome: Outcome, seconds: f64, trace_id: Option<String>) {
-        self.requests[outcome.index()].inc();
-        self.durations[outcome.index()].observe_with_exemplar(seconds, trace_id);
+    fn slot(protocol: Protocol, outcome: Outcome) -> usize {
+        protocol.index() * Outcome::ALL.len() + outcome.index()
+    }
+
+    /// Counts one request answered over `protocol` and its duration;
+    /// `trace_id` (of a sampled trace) becomes the duration's exemplar.
+    pub fn record_request(
+        &self,
+        protocol: Protocol,
+        outcome: Outcome,
+        seconds: f64,
+        trace_id: Option<String>,
+    ) {
+        let slot = Self::slot(protocol, outcome);
+        self.requests[slot].inc();
+        self.durations[slot].observe_with_exemplar(seconds, trace_id);
     }
 }
 
@@ -640,8 +676,11 @@ impl VersionMetrics {
     pub fn totals(&self) -> RequestTotals {
         let mut requests = 0;
         let mut errors = 0;
-        for outcome in Outcome::ALL {
-            let n = self.requests[outcome.index()].get();
+        for (protocol, outcome) in Protocol::ALL
+            .iter()
+            .flat_map(|&p| Outcome::ALL.iter().map(move |&o| (p, o)))
+        {
+            let n = self.requests[Self::slot(protocol, outcome)].get();
             requests += n;
             if matches!(
                 outcome,
@@ -650,8 +689,21 @@ impl VersionMetrics {
                 errors += n;
             }
         }
-        let (latency_bounds, latency_buckets) =
-            self.durations[Outcome::Success.index()].bucket_counts();
+        // Both protocols' successes, bucket by bucket.
+        let mut latency_bounds: &'static [f64] = &[];
+        let mut latency_buckets: Vec<u64> = Vec::new();
+        for protocol in Protocol::ALL {
+            let (bounds, buckets) =
+                self.durations[Self::slot(protocol, Outcome::Success)].bucket_counts();
+            latency_bounds = bounds;
+            if latency_buckets.is_empty() {
+                latency_buckets = buckets;
+            } else {
+                for (sum, n) in latency_buckets.iter_mut().zip(buckets) {
+                    *sum += n;
+                }
+            }
+        }
         RequestTotals {
             requests,
             errors,
@@ -730,11 +782,11 @@ impl ShadowMetrics {
 pub fn record_unrouted(
     metrics: &Metrics,
     model: &str,
-    protocol: &str,
+    protocol: Protocol,
     outcome: Outcome,
     seconds: f64,
 ) {
-    let labels = [model, "", protocol, outcome.as_str()];
+    let labels = [model, "", protocol.as_str(), outcome.as_str()];
     metrics.requests.get(&labels).inc();
     metrics.request_duration.get(&labels).observe(seconds);
 }
@@ -746,11 +798,17 @@ mod tests {
     #[test]
     fn version_handles_share_the_family_series() {
         let m = Metrics::new();
-        let v = VersionMetrics::new(&m, "iris", 2, "http");
-        v.record_request(Outcome::Success, 0.001, None);
-        v.record_request(Outcome::Timeout, 0.5, None);
+        let v = VersionMetrics::new(&m, "iris", 2);
+        v.record_request(Protocol::Http, Outcome::Success, 0.001, None);
+        v.record_request(Protocol::Http, Outcome::Timeout, 0.5, None);
         assert_eq!(m.requests.get(&["iris", "2", "http", "success"]).get(), 1);
         assert_eq!(m.requests.get(&["iris", "2", "http", "timeout"]).get(), 1);
+        v.record_request(Protocol::Grpc, Outcome::Success, 0.001, None);
+        assert_eq!(m.requests.get(&["iris", "2", "grpc", "success"]).get(), 1);
+        assert_eq!(m.requests.get(&["iris", "2", "http", "success"]).get(), 1);
+        // The rollout controller's totals count both protocols.
+        assert_eq!(v.totals().requests, 3);
+        assert_eq!(v.totals().latency_buckets.iter().sum::<u64>(), 2);
         assert_eq!(
             m.request_duration
                 .get(&["iris", "2", "http", "success"])
@@ -758,7 +816,7 @@ mod tests {
             1
         );
         // Resolving again gives the same series.
-        let again = VersionMetrics::new(&m, "iris", 2, "http");
+        let again = VersionMetrics::new(&m, "iris", 2);
         again.queue_duration.observe(1e-5);
         assert_eq!(v.queue_duration.count(), 1);
     }
@@ -766,16 +824,19 @@ mod tests {
     #[test]
     fn removing_a_version_drops_its_series_and_only_its() {
         let m = Metrics::new();
-        let v2 = VersionMetrics::new(&m, "iris", 2, "http");
-        let v3 = VersionMetrics::new(&m, "iris", 3, "http");
-        let other = VersionMetrics::new(&m, "mlp", 2, "http");
+        let v2 = VersionMetrics::new(&m, "iris", 2);
+        let v3 = VersionMetrics::new(&m, "iris", 3);
+        let other = VersionMetrics::new(&m, "mlp", 2);
         for v in [&v2, &v3, &other] {
-            v.record_request(Outcome::Success, 0.001, None);
+            v.record_request(Protocol::Http, Outcome::Success, 0.001, None);
         }
         let per_version = m.requests.series().len() / 3;
-        assert_eq!(per_version, Outcome::ALL.len());
-        // 8 outcomes x 2 request families + 6 per-version families.
-        assert_eq!(m.remove_version("iris", 2), 2 * Outcome::ALL.len() + 6);
+        assert_eq!(per_version, Protocol::ALL.len() * Outcome::ALL.len());
+        // Outcomes x protocols x 2 request families + 6 per-version families.
+        assert_eq!(
+            m.remove_version("iris", 2),
+            2 * Protocol::ALL.len() * Outcome::ALL.len() + 6
+        );
         assert_eq!(m.remove_version("iris", 2), 0);
         let left: Vec<(String, String)> = m
             .requests

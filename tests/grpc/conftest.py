@@ -1,0 +1,80 @@
+"""Fixtures that run a real `sluice serve` on 127.0.0.1 for the gRPC tests.
+
+The servers are started by the OIP suite's helpers (`tests/oip/oiphelpers.py`,
+imported by path, not copied): gRPC is served on the HTTP port, so the same
+server answers both protocols.
+
+* `server`: one session-wide server over a copy of every fixture and demo
+  model, for tests that only read (and infer).
+* `client`: a `tritonclient.grpc` client of it.
+* `make_server`: function-scoped servers over a repository the test
+  chooses, stopped when the test ends.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oip"))
+
+import oiphelpers as h  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    try:
+        h.require_binary()
+    except RuntimeError as e:
+        raise pytest.UsageError(str(e))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and h.LIVE_SERVERS:
+        for s in list(h.LIVE_SERVERS):
+            state = "running" if s.alive() else f"exited with {s.proc.returncode}"
+            report.sections.append(
+                (f"sluice stderr (port {s.port}, {state}, last lines)", s.stderr_tail())
+            )
+
+
+def grpc_client(server):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(server.hostport)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("session-repo")
+    models = h.copy_models(root / "models")
+    s = h.start_server(models, root / "logs")
+    yield s
+    code = s.stop()
+    assert code == 0, f"sluice exited with {code} on SIGTERM\n{s.stderr_tail()}"
+
+
+@pytest.fixture
+def client(server):
+    c = grpc_client(server)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    started = []
+
+    def make(only=None, extra_args=(), demo=True, name="repo"):
+        models = h.copy_models(tmp_path / name / "models", only=only, demo=demo)
+        s = h.start_server(models, tmp_path / name / "logs", extra_args=extra_args)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
