@@ -23,23 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oip"))
 import oiphelpers as h  # noqa: E402
 
 
-def pytest_sessionstart(session):
-    try:
-        h.require_binary()
-    except RuntimeError as e:
-        raise pytest.UsageError(str(e))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and h.LIVE_SERVERS:
-        for s in list(h.LIVE_SERVERS):
-            state = "running" if s.alive() else f"exited with {s.proc.returncode}"
-            report.sections.append(
-                (f"sluice stderr (port {s.port}, {state}, last lines)", s.stderr_tail())
-            )
+# Shared hooks: fail fast without the binary; servers' logs in failure reports.
+from oiphelpers import pytest_runtest_makereport, pytest_sessionstart  # noqa: E402,F401
 
 
 def grpc_client(server):

@@ -17,24 +17,8 @@ import pytest
 import oiphelpers as h
 
 
-def pytest_sessionstart(session):
-    # Fail fast, with the fix, when the binary is not built.
-    try:
-        h.require_binary()
-    except RuntimeError as e:
-        raise pytest.UsageError(str(e))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and h.LIVE_SERVERS:
-        for s in list(h.LIVE_SERVERS):
-            state = "running" if s.alive() else f"exited with {s.proc.returncode}"
-            report.sections.append(
-                (f"sluice stderr (port {s.port}, {state}, last lines)", s.stderr_tail())
-            )
+# Shared hooks: fail fast without the binary; servers' logs in failure reports.
+from oiphelpers import pytest_runtest_makereport, pytest_sessionstart  # noqa: E402,F401
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -120,6 +120,43 @@ def publish_cli(models_dir: Path, model: str, src_file: Path, version: int | Non
 
 
 # --------------------------------------------------------------------------
+# pytest hooks shared by the suites that start servers with these helpers
+# (each suite's conftest imports them, or calls them from its own)
+
+
+def pytest_sessionstart(session):
+    """Fail fast, with the fix, when the binary is not built."""
+    import pytest
+    try:
+        require_binary()
+    except RuntimeError as e:
+        raise pytest.UsageError(str(e))
+
+
+def server_log_sections(report):
+    """Attaches the stderr tail of every server still running to a failed
+    test's report."""
+    if report.failed:
+        for s in list(LIVE_SERVERS):
+            state = "running" if s.alive() else f"exited with {s.proc.returncode}"
+            report.sections.append(
+                (f"sluice stderr (port {s.port}, {state}, last lines)", s.stderr_tail()))
+
+
+def _makereport(item, call):
+    outcome = yield
+    server_log_sections(outcome.get_result())
+
+
+def _hookwrapper(fn):
+    import pytest
+    return pytest.hookimpl(hookwrapper=True)(fn)
+
+
+pytest_runtest_makereport = _hookwrapper(_makereport)
+
+
+# --------------------------------------------------------------------------
 # The server process
 
 LIVE_SERVERS: list["Server"] = []

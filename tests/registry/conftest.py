@@ -87,24 +87,14 @@ class S3Server:
         })
 
 
+# Servers' logs in failure reports (shared with tests/oip).
+from oiphelpers import pytest_runtest_makereport  # noqa: E402,F401
+
+
 def pytest_sessionstart(session):
-    try:
-        h.require_binary()
-    except RuntimeError as e:
-        raise pytest.UsageError(str(e))
+    h.pytest_sessionstart(session)
     if not MOTO.is_file():
         raise pytest.UsageError(f"{MOTO} is missing: run scripts/setup-venv.sh")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and h.LIVE_SERVERS:
-        for s in list(h.LIVE_SERVERS):
-            state = "running" if s.alive() else f"exited with {s.proc.returncode}"
-            report.sections.append(
-                (f"sluice stderr (port {s.port}, {state}, last lines)", s.stderr_tail()))
 
 
 def pytest_terminal_summary(terminalreporter):

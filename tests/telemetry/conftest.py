@@ -20,11 +20,7 @@ import telhelpers as t
 from telhelpers import h
 
 
-def pytest_sessionstart(session):
-    try:
-        h.require_binary()
-    except RuntimeError as e:
-        raise pytest.UsageError(str(e))
+from oiphelpers import pytest_sessionstart  # noqa: E402,F401  (fail fast without the binary)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -33,9 +29,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if not report.failed:
         return
-    for s in list(h.LIVE_SERVERS):
-        state = "running" if s.alive() else f"exited with {s.proc.returncode}"
-        report.sections.append((f"sluice stderr (port {s.port}, {state}, last lines)", s.stderr_tail()))
+    h.server_log_sections(report)
     for r in list(t.LIVE_RECEIVERS):
         report.sections.append((f"OTLP {r.protocol} receiver on port {r.port}", r.sink.describe(limit=12)))
     for p in list(t.LIVE_PROMETHEUS):

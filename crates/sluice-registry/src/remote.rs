@@ -126,53 +126,36 @@ impl RemoteRegistry {
         if bucket.is_empty() {
             return Err(bad("no bucket or container named".into()));
         }
+        // Every store: settings from its environment, then the URL, then
+        // short retries and timeouts (as configuration keys, so the rest of
+        // the client's settings still come from the environment).
+        macro_rules! store {
+            ($builder:ty, $key:path) => {
+                Arc::new(
+                    <$builder>::from_env()
+                        .with_url(url)
+                        .with_retry(retry())
+                        .with_config($key(CONNECT_TIMEOUT.0), CONNECT_TIMEOUT.1)
+                        .with_config($key(REQUEST_TIMEOUT.0), REQUEST_TIMEOUT.1)
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?,
+                )
+            };
+        }
         let store: Arc<dyn ObjectStore> = match scheme {
-            "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .with_retry(retry())
-                    .with_config(
-                        object_store::aws::AmazonS3ConfigKey::Client(CONNECT_TIMEOUT.0),
-                        CONNECT_TIMEOUT.1,
-                    )
-                    .with_config(
-                        object_store::aws::AmazonS3ConfigKey::Client(REQUEST_TIMEOUT.0),
-                        REQUEST_TIMEOUT.1,
-                    )
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
+            "s3" | "s3a" => store!(
+                object_store::aws::AmazonS3Builder,
+                object_store::aws::AmazonS3ConfigKey::Client
             ),
             #[cfg(feature = "gcs")]
-            "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .with_retry(retry())
-                    .with_config(
-                        object_store::gcp::GoogleConfigKey::Client(CONNECT_TIMEOUT.0),
-                        CONNECT_TIMEOUT.1,
-                    )
-                    .with_config(
-                        object_store::gcp::GoogleConfigKey::Client(REQUEST_TIMEOUT.0),
-                        REQUEST_TIMEOUT.1,
-                    )
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
+            "gs" => store!(
+                object_store::gcp::GoogleCloudStorageBuilder,
+                object_store::gcp::GoogleConfigKey::Client
             ),
             #[cfg(feature = "azure")]
-            "az" | "abfs" | "abfss" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .with_retry(retry())
-                    .with_config(
-                        object_store::azure::AzureConfigKey::Client(CONNECT_TIMEOUT.0),
-                        CONNECT_TIMEOUT.1,
-                    )
-                    .with_config(
-                        object_store::azure::AzureConfigKey::Client(REQUEST_TIMEOUT.0),
-                        REQUEST_TIMEOUT.1,
-                    )
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
+            "az" | "abfs" | "abfss" => store!(
+                object_store::azure::MicrosoftAzureBuilder,
+                object_store::azure::AzureConfigKey::Client
             ),
             #[cfg(not(feature = "gcs"))]
             "gs" => {
@@ -856,8 +839,7 @@ fn retry() -> object_store::RetryConfig {
 }
 
 /// Connecting must be quick (a loopback or in-region endpoint); a request
-/// as a whole may take long (a large model file). Set as configuration keys
-/// so the rest of the client's settings still come from the environment.
+/// as a whole may take long (a large model file).
 const CONNECT_TIMEOUT: (object_store::ClientConfigKey, &str) =
     (object_store::ClientConfigKey::ConnectTimeout, "3s");
 const REQUEST_TIMEOUT: (object_store::ClientConfigKey, &str) =

@@ -160,6 +160,23 @@ pub enum AuditError {
 }
 
 impl AuditRecord {
+    /// The record of `entry` at `seq` after the record hashed `prev`,
+    /// stamped now, its hash not yet computed (see `settle`).
+    fn next(seq: u64, prev: String, entry: AuditEntry) -> AuditRecord {
+        AuditRecord {
+            seq,
+            time: format_time(SystemTime::now()),
+            actor: entry.actor,
+            action: entry.action,
+            model: entry.model,
+            before: entry.before,
+            after: entry.after,
+            evidence: entry.evidence,
+            prev,
+            hash: String::new(),
+        }
+    }
+
     /// Computes the hash this record should carry: lowercase hex SHA-256
     /// of its canonical serialisation without the `hash` field.
     pub fn compute_hash(&self) -> String {
@@ -245,18 +262,7 @@ pub fn append(repo_root: &Path, entry: AuditEntry) -> Result<AuditRecord, AuditE
         }
     };
 
-    let mut record = AuditRecord {
-        seq,
-        time: format_time(SystemTime::now()),
-        actor: entry.actor,
-        action: entry.action,
-        model: entry.model,
-        before: entry.before,
-        after: entry.after,
-        evidence: entry.evidence,
-        prev,
-        hash: String::new(),
-    };
+    let mut record = AuditRecord::next(seq, prev, entry);
     let line = settle(&mut record)?;
 
     let mut bytes = line.into_bytes();
@@ -287,18 +293,7 @@ pub fn append_to(
             (last.seq + 1, last.hash)
         }
     };
-    let mut record = AuditRecord {
-        seq,
-        time: format_time(SystemTime::now()),
-        actor: entry.actor,
-        action: entry.action,
-        model: entry.model,
-        before: entry.before,
-        after: entry.after,
-        evidence: entry.evidence,
-        prev,
-        hash: String::new(),
-    };
+    let mut record = AuditRecord::next(seq, prev, entry);
     let line = settle(&mut record)?;
     let mut bytes = Vec::with_capacity(existing.len() + line.len() + 1);
     bytes.extend_from_slice(existing);

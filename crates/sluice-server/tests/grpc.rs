@@ -4,94 +4,41 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::copy_version;
+use common::{TestServer, copy_version};
 use sluice_server::grpc_proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use sluice_server::grpc_proto::model_infer_request::InferInputTensor;
 use sluice_server::grpc_proto::{
     InferTensorContents, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
     ServerReadyRequest,
 };
-use sluice_serving::{ManagerOptions, ModelManager};
-use sluice_telemetry::Metrics;
-use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// A server with HTTP (and gRPC) on one port and gRPC alone on another.
-struct Server {
-    http: String,
-    grpc: String,
-    root: tempfile::TempDir,
-    manager: ModelManager,
-    metrics: Arc<Metrics>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+/// A server with HTTP (and gRPC) on one port and gRPC alone on another,
+/// over copies of the given fixture versions.
+async fn start(models: &[(&str, u64)]) -> TestServer {
+    let root = tempfile::tempdir().unwrap();
+    for (model, version) in models {
+        copy_version(root.path(), model, *version, model);
+    }
+    TestServer::start_with_grpc(root, sluice_server::HttpOptions::default()).await
 }
 
-impl Server {
-    async fn start(models: &[(&str, u64)]) -> Server {
-        let root = tempfile::tempdir().unwrap();
-        for (model, version) in models {
-            copy_version(root.path(), model, *version, model);
-        }
-        let runtime = sluice_runtime::OrtRuntime::init(None).expect("ONNX Runtime");
-        let repo = sluice_registry::Repository::open(root.path()).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let manager = ModelManager::start(
-            repo,
-            ManagerOptions {
-                registry: None,
-                runtime,
-                require_manifests: false,
-                rescan_interval: Duration::from_millis(300),
-                metrics: Some(metrics.clone()),
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = format!("http://{}", listener.local_addr().unwrap());
-        let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-        let options = sluice_server::HttpOptions {
-            metrics: Some(metrics.clone()),
-            ..Default::default()
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sluice_server::run_with_grpc(
-            listener,
-            Some(grpc_listener),
-            manager.clone(),
-            options,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        manager.reconcile().await.unwrap();
-        Server {
-            http,
-            grpc,
-            root,
-            manager,
-            metrics,
-            stop: Some(stop),
-            task,
-        }
-    }
+async fn client(url: &str) -> GrpcInferenceServiceClient<Channel> {
+    GrpcInferenceServiceClient::new(channel(url).await)
+}
 
-    async fn client(url: &str) -> GrpcInferenceServiceClient<Channel> {
-        GrpcInferenceServiceClient::new(channel(url).await)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
+fn grpc(server: &TestServer) -> &str {
+    server
+        .grpc_url
+        .as_deref()
+        .expect("started with a gRPC listener")
 }
 
 async fn channel(url: &str) -> Channel {
@@ -135,9 +82,9 @@ fn first_output_f32(r: &ModelInferResponse) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_on_both_ports_raw_and_typed() {
-    let server = Server::start(&[("scale", 2)]).await;
-    for url in [&server.http, &server.grpc] {
-        let mut c = Server::client(url).await;
+    let server = start(&[("scale", 2)]).await;
+    for url in [server.url.as_str(), grpc(&server)] {
+        let mut c = client(url).await;
         assert!(
             c.server_ready(ServerReadyRequest {})
                 .await
@@ -178,8 +125,8 @@ async fn infer_on_both_ports_raw_and_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_and_fp16_through_raw_contents() {
-    let server = Server::start(&[("identity_bytes", 1), ("identity_fp16", 1)]).await;
-    let mut c = Server::client(&server.http).await;
+    let server = start(&[("identity_bytes", 1), ("identity_fp16", 1)]).await;
+    let mut c = client(&server.url).await;
     let mut raw = Vec::new();
     for e in [&b"hello"[..], b"", "w\u{f6}rld".as_bytes()] {
         raw.extend_from_slice(&(e.len() as u32).to_le_bytes());
@@ -222,8 +169,8 @@ async fn bytes_and_fp16_through_raw_contents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_have_their_codes_and_are_counted_as_grpc() {
-    let server = Server::start(&[("scale", 1)]).await;
-    let mut c = Server::client(&server.grpc).await;
+    let server = start(&[("scale", 1)]).await;
+    let mut c = client(grpc(&server)).await;
     let code =
         |r: Result<tonic::Response<ModelInferResponse>, tonic::Status>| r.map(|_| ()).unwrap_err();
     // Wrong datatype, wrong shape, wrong byte count: INVALID_ARGUMENT.
@@ -288,7 +235,7 @@ async fn failures_have_their_codes_and_are_counted_as_grpc() {
             .get(),
         0
     );
-    let text = reqwest::get(format!("{}/metrics", server.http))
+    let text = reqwest::get(format!("{}/metrics", server.url))
         .await
         .unwrap()
         .text()
@@ -305,14 +252,14 @@ async fn failures_have_their_codes_and_are_counted_as_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_by_variant_metadata() {
-    let server = Server::start(&[("scale", 1), ("scale", 2)]).await;
+    let server = start(&[("scale", 1), ("scale", 2)]).await;
     std::fs::write(
         server.root.path().join("scale/policy.toml"),
         "stable = 1\n[canary]\nversion = 2\nweight = 0.5\n",
     )
     .unwrap();
     server.manager.reconcile().await.unwrap();
-    let mut c = Server::client(&server.http).await;
+    let mut c = client(&server.url).await;
     for (variant, version, k) in [("stable", "1", 1.0), ("canary", "2", 2.0)] {
         for _ in 0..5 {
             let mut request =
@@ -343,8 +290,8 @@ async fn routing_by_variant_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_check_and_watch() {
-    let server = Server::start(&[("scale", 1)]).await;
-    let mut health = HealthClient::new(channel(&server.http).await);
+    let server = start(&[("scale", 1)]).await;
+    let mut health = HealthClient::new(channel(&server.url).await);
     let check = |service: &str| HealthCheckRequest {
         service: service.into(),
     };
@@ -368,7 +315,7 @@ async fn health_check_and_watch() {
     assert_eq!(next.status, ServingStatus::NotServing as i32);
 
     // On the gRPC port too.
-    let mut health = HealthClient::new(channel(&server.grpc).await);
+    let mut health = HealthClient::new(channel(grpc(&server)).await);
     let r = health.check(check("")).await.unwrap().into_inner();
     assert_eq!(r.status, serving);
     server.stop().await;

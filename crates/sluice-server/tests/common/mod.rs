@@ -32,6 +32,9 @@ pub fn copy_version(root: &Path, model: &str, version: u64, as_model: &str) {
 
 pub struct TestServer {
     pub url: String,
+    /// gRPC alone on a listener of its own (`start_with_grpc`); gRPC is
+    /// also served on `url`.
+    pub grpc_url: Option<String>,
     pub root: tempfile::TempDir,
     pub manager: ModelManager,
     pub metrics: Arc<Metrics>,
@@ -42,9 +45,22 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a server over `root` (already populated) and waits until ready.
-    pub async fn start(
+    pub async fn start(root: tempfile::TempDir, options: sluice_server::HttpOptions) -> TestServer {
+        Self::launch(root, options, false).await
+    }
+
+    /// The same, with gRPC also on a listener of its own (`--grpc-addr`).
+    pub async fn start_with_grpc(
+        root: tempfile::TempDir,
+        options: sluice_server::HttpOptions,
+    ) -> TestServer {
+        Self::launch(root, options, true).await
+    }
+
+    async fn launch(
         root: tempfile::TempDir,
         mut options: sluice_server::HttpOptions,
+        separate_grpc: bool,
     ) -> TestServer {
         let runtime = sluice_runtime::OrtRuntime::init(None)
             .expect("ONNX Runtime (run scripts/fetch-ort.sh)");
@@ -63,9 +79,17 @@ impl TestServer {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let grpc_listener = match separate_grpc {
+            true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let grpc_url = grpc_listener
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().unwrap()));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sluice_server::run(
+        let task = tokio::spawn(sluice_server::run_with_grpc(
             listener,
+            grpc_listener,
             manager.clone(),
             options,
             async {
@@ -78,6 +102,7 @@ impl TestServer {
         let client = reqwest::Client::new();
         let server = TestServer {
             url,
+            grpc_url,
             root,
             manager,
             metrics,
