@@ -31,7 +31,7 @@ step "demo and fixture models still load and compute what they should"
 
 step "black-box suites: OIP through tritonclient and the KServe SDK, telemetry through Prometheus and OTLP, deploy/ files"
 # One pytest run per suite: each has its own conftest and helpers.
-for d in tests/oip tests/grpc tests/telemetry tests/registry tests/deploy tests/rollout tests/drift; do
+for d in tests/oip tests/grpc tests/telemetry tests/registry tests/deploy tests/rollout tests/drift tests/safety tests/signing tests/validation; do
   if [ -d "$d" ]; then
     step "pytest $d"
     .venv/bin/python -m pytest "$d" -q
