@@ -9,6 +9,7 @@
 mod collector;
 mod config;
 mod drift;
+mod inventory;
 mod rollout;
 
 use std::path::PathBuf;
@@ -84,6 +85,16 @@ pub enum ModelsCommand {
         /// --lineage training_run=42 --lineage dataset=iris-2026-11.
         #[arg(long = "lineage", value_name = "KEY=VALUE")]
         lineage: Vec<String>,
+    },
+    /// Every model and version a gateway serves or knows, with its hash,
+    /// signer, lineage, validation result, current role, and when and by
+    /// whom it took that role (its admin API; the key from SLUICE_ADMIN_KEY).
+    Inventory {
+        #[command(flatten)]
+        target: rollout::Target,
+        /// The gateway's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// List the models and versions in a repository, with manifest status.
     List {
@@ -169,6 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{url}: {status}")
             }
         }
+        Command::Models(ModelsCommand::Inventory { target, json }) => inventory::run(&target, json),
         Command::Models(ModelsCommand::List { models })
             if models.to_str().is_some_and(sluice_registry::is_remote) =>
         {

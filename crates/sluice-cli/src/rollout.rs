@@ -157,7 +157,7 @@ fn admin_key(target: &Target) -> anyhow::Result<String> {
 }
 
 /// One admin API call; the JSON answer, or the server's error message.
-fn call(
+pub(crate) fn call(
     target: &Target,
     method: reqwest::Method,
     path: &str,

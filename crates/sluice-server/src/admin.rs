@@ -41,6 +41,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(shadow_diffs),
         )
         .route("/admin/audit", get(audit_log))
+        .route("/admin/inventory", get(inventory))
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -286,6 +287,18 @@ async fn shadow_diffs(
         "agreement": if compared > 0 { Some(agreed as f64 / compared as f64) } else { None },
         "samples": shadow.diffs.samples(),
     })))
+}
+
+/// Every model and version with its hash, signer, lineage, validation and
+/// current role, and when and by whom it took that role.
+async fn inventory(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let snapshot = state.manager.snapshot_full();
+    let root = state.manager.repository_root().to_path_buf();
+    tokio::task::spawn_blocking(move || crate::inventory::build(&snapshot, &root))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map(Json)
+        .map_err(ApiError::Internal)
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,6 +31,7 @@ pub mod capture;
 mod error;
 mod grpc;
 mod handlers;
+mod inventory;
 mod infer;
 mod rollout;
 mod shadow;

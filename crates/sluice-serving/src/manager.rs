@@ -143,6 +143,12 @@ impl ModelManager {
         self.snapshot.load()
     }
 
+    /// The current routing snapshot, owned (to keep across an await or
+    /// hand to another thread; the request path uses [`snapshot`](Self::snapshot)).
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
     pub fn repository_root(&self) -> &std::path::Path {
         &self.root
     }
