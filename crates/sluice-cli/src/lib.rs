@@ -6,6 +6,7 @@
 //! `SLUICE_*` environment variable, the `--config` TOML file, or its default.
 //! `anyhow` lives here only: the library crates have typed errors.
 
+mod check;
 mod collector;
 mod config;
 mod drift;
@@ -96,6 +97,18 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check an ONNX file for safety, as the gateway does before loading a
+    /// version: external data leaving its directory, custom operator
+    /// domains, opsets out of range, oversized tensors, undefined graph
+    /// values. Prints each finding and exits non-zero if there is any.
+    Check {
+        /// The model file.
+        file: PathBuf,
+        /// A model.toml whose [safety] table sets the limits; default: the
+        /// defaults.
+        #[arg(long, value_name = "MODEL_TOML")]
+        config: Option<PathBuf>,
+    },
     /// List the models and versions in a repository, with manifest status.
     List {
         /// The model repository: a directory, or s3://BUCKET/PREFIX.
@@ -167,6 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Models(ModelsCommand::Check { file, config }) => check::run(&file, config.as_ref()),
         Command::Rollout(command) => rollout::run_rollout(command),
         Command::Audit(command) => rollout::run_audit(command),
         Command::Drift(command) => drift::run(command),

@@ -28,6 +28,13 @@
 //! key_header = "x-user-id"      # optional: the same header value is always (or never) captured
 //! what = "both"                 # "inputs" | "outputs" | "both"
 //! queue_size = 1000             # records waiting for export before more are dropped (1..=1000000)
+//!
+//! [safety]                      # the check every model file passes before ONNX Runtime sees it
+//! max_file_bytes = 2147483648   # model.onnx itself (a protobuf holds at most 2 GiB)
+//! max_initializer_bytes = 2147483648  # any one tensor, by its declared size
+//! min_opset = 7                 # ai.onnx opsets accepted (ONNX Runtime 1.31 loads 7..=26)
+//! max_opset = 26
+//! allowed_domains = []          # custom operator domains allowed, e.g. ["com.example"]
 //! ```
 //!
 //! `[capture]` never reloads a version: it is read from the routing
@@ -40,6 +47,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use sluice_modelcheck::Safety;
 pub use sluice_runtime::{ExecutionProvider, GraphOptimization};
 
 use crate::RegistryError;
@@ -108,6 +116,10 @@ pub struct ModelConfig {
     /// sent to the capture collector). Off by default. Not a session
     /// setting: changing it reloads nothing.
     pub capture: Capture,
+    /// `[safety]`: the limits of the safety check (`sluice_modelcheck`)
+    /// that a version's `model.onnx` passes after its manifest is verified
+    /// and before ONNX Runtime sees it. Default: the check's defaults.
+    pub safety: Safety,
 }
 
 /// The most records [`Capture::queue_size`] may ask for.
@@ -252,6 +264,7 @@ impl Default for ModelConfig {
             warmup_shapes: BTreeMap::new(),
             inline_max_run_us: sluice_runtime::DEFAULT_INLINE_MAX_RUN_US,
             capture: Capture::default(),
+            safety: Safety::default(),
         }
     }
 }
@@ -358,6 +371,7 @@ impl ModelConfig {
             seen.push(ep);
         }
         self.capture.validate()?;
+        self.safety.validate()?;
         match &self.version_policy {
             VersionPolicy::All => {}
             VersionPolicy::Latest(0) => {

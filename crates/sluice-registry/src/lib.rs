@@ -67,6 +67,8 @@ pub use config::{
     MAX_INSTANCES, ModelConfig, VersionPolicy,
 };
 pub use error::RegistryError;
+/// `[safety]` of `model.toml`: the limits of the model safety check.
+pub use config::Safety;
 pub use manifest::{
     MANIFEST_SCHEMA, Manifest, Verification, format_rfc3339, parse_manifest, verify,
 };

@@ -652,6 +652,7 @@ impl Reconciler {
         let version_entry = entry.clone();
         let options = session_options(config);
         tracing::info!(model = %name, version = entry.version, "loading version");
+        let safety = config.safety.clone();
         let started = std::time::Instant::now();
         // Hashing and session creation are blocking work.
         let result = tokio::task::spawn_blocking(move || {
@@ -665,6 +666,21 @@ impl Reconciler {
                 }
                 Verification::Unverified => false,
             };
+            // The safety check reads the file itself; ONNX Runtime sees it
+            // only if nothing was found (`sluice_modelcheck`, `[safety]`).
+            let report = sluice_modelcheck::check_file(&version_entry.model_file, &safety);
+            if !report.passed() {
+                let reason = format!("refused by the safety check: {}", report.reason());
+                tracing::warn!(model = %model, version = version_entry.version, %reason, "model file refused by the safety check; not handed to ONNX Runtime");
+                return Err(reason);
+            }
+            tracing::info!(
+                model = %model,
+                version = version_entry.version,
+                nodes = report.summary.nodes,
+                initializer_bytes = report.summary.initializer_bytes,
+                "safety check passed; handing the model file to ONNX Runtime"
+            );
             let executor = ModelExecutor::load(
                 &runtime,
                 &model,
