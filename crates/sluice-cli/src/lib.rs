@@ -12,6 +12,7 @@ mod config;
 mod drift;
 mod inventory;
 mod rollout;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,6 +110,12 @@ pub enum ModelsCommand {
         #[arg(long, value_name = "MODEL_TOML")]
         config: Option<PathBuf>,
     },
+    /// Validate a version offline on a labelled CSV: quality, fairness
+    /// across groups, latency and a comparison with the stable version,
+    /// checked against model.toml's [validation] checks. Writes the report
+    /// to the version's validation.json and records it in its manifest.
+    /// Exits 0 when every check passes, 1 when one fails, 2 on errors.
+    Validate(validate::ValidateArgs),
     /// List the models and versions in a repository, with manifest status.
     List {
         /// The model repository: a directory, or s3://BUCKET/PREFIX.
@@ -180,7 +187,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Models(ModelsCommand::Check { file, config }) => check::run(&file, config.as_ref()),
+        Command::Models(ModelsCommand::Check { file, config }) => {
+            check::run(&file, config.as_ref())
+        }
+        Command::Models(ModelsCommand::Validate(args)) => validate::run(args),
         Command::Rollout(command) => rollout::run_rollout(command),
         Command::Audit(command) => rollout::run_audit(command),
         Command::Drift(command) => drift::run(command),

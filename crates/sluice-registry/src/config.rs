@@ -29,6 +29,16 @@
 //! what = "both"                 # "inputs" | "outputs" | "both"
 //! queue_size = 1000             # records waiting for export before more are dropped (1..=1000000)
 //!
+//! task = "classification"       # optional: "classification" | "regression", for `sluice models validate`
+//! require_validation = false    # a version needs a passing validation report to take traffic
+//!
+//! [validation]                  # optional: how `sluice models validate` reads the data and what must hold
+//! features = []                 # CSV columns fed to the model, in order; default: all but label and groups
+//! input = "x"                   # the input tensor; default: the model's only input
+//! output = "probabilities"      # class scores/probabilities or the regression value; default: first float output
+//! positive_class = 1            # the positive class of binary metrics and fairness rates
+//! checks = ["accuracy >= 0.90", "demographic_parity_difference <= 0.10"]  # "METRIC OP NUMBER", OP one of >= <= > <
+//!
 //! [safety]                      # the check every model file passes before ONNX Runtime sees it
 //! max_file_bytes = 2147483648   # model.onnx itself (a protobuf holds at most 2 GiB)
 //! max_initializer_bytes = 2147483648  # any one tensor, by its declared size
@@ -120,6 +130,60 @@ pub struct ModelConfig {
     /// that a version's `model.onnx` passes after its manifest is verified
     /// and before ONNX Runtime sees it. Default: the check's defaults.
     pub safety: Safety,
+    /// What the model predicts, for `sluice models validate`'s metrics.
+    /// Default none: validation refuses to guess.
+    pub task: Option<Task>,
+    /// Whether a version needs a passing validation report
+    /// (`validation.json`, recorded in its manifest) before it may take
+    /// traffic. Default false.
+    pub require_validation: bool,
+    /// `[validation]`: how `sluice models validate` maps a labelled CSV onto
+    /// the model, and the checks its report must pass.
+    pub validation: Validation,
+}
+
+/// What a model predicts (`task` in `model.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Classes `0..K`: the output holds a score or probability per class (or
+    /// one probability of class 1).
+    Classification,
+    /// A number: the output holds one value per row.
+    Regression,
+}
+
+/// `[validation]` in `model.toml`: see `sluice models validate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Validation {
+    /// The CSV columns fed to the model, in this order. Default (empty):
+    /// every column but the label and group columns, in file order.
+    pub features: Vec<String>,
+    /// The input tensor the features go to. Default: the model's only input.
+    pub input: Option<String>,
+    /// The output holding the class scores or probabilities, or the
+    /// regression value. Default: the model's first floating-point output.
+    pub output: Option<String>,
+    /// The class whose precision, recall, ROC AUC and fairness rates binary
+    /// metrics report. Default 1.
+    pub positive_class: usize,
+    /// Thresholds the report must pass, each `"METRIC OP NUMBER"` with OP
+    /// one of `>=`, `<=`, `>`, `<` (checked by `sluice models validate`,
+    /// which knows the metric names). Default none.
+    pub checks: Vec<String>,
+}
+
+impl Default for Validation {
+    fn default() -> Self {
+        Validation {
+            features: Vec::new(),
+            input: None,
+            output: None,
+            positive_class: 1,
+            checks: Vec::new(),
+        }
+    }
 }
 
 /// The most records [`Capture::queue_size`] may ask for.
@@ -265,6 +329,9 @@ impl Default for ModelConfig {
             inline_max_run_us: sluice_runtime::DEFAULT_INLINE_MAX_RUN_US,
             capture: Capture::default(),
             safety: Safety::default(),
+            task: None,
+            require_validation: false,
+            validation: Validation::default(),
         }
     }
 }

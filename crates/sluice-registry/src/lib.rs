@@ -62,15 +62,16 @@ mod remote;
 mod scan;
 mod watch;
 
-pub use config::{
-    Capture, CaptureWhat, DynamicBatching, ExecutionProvider, GraphOptimization, MAX_CAPTURE_QUEUE,
-    MAX_INSTANCES, ModelConfig, VersionPolicy,
-};
-pub use error::RegistryError;
 /// `[safety]` of `model.toml`: the limits of the model safety check.
 pub use config::Safety;
+pub use config::{
+    Capture, CaptureWhat, DynamicBatching, ExecutionProvider, GraphOptimization, MAX_CAPTURE_QUEUE,
+    MAX_INSTANCES, ModelConfig, Task, Validation, VersionPolicy,
+};
+pub use error::RegistryError;
 pub use manifest::{
-    MANIFEST_SCHEMA, Manifest, Verification, format_rfc3339, parse_manifest, verify,
+    MANIFEST_SCHEMA, Manifest, ValidationRecord, Verification, format_rfc3339, parse_manifest,
+    verify,
 };
 pub use publish::{PUBLISH_TEMP_PREFIX, Published};
 pub use remote::{AUDIT_FILE, POLICY_FILE, RemoteRegistry, SyncReport, is_remote};

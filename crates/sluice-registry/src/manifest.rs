@@ -55,6 +55,35 @@ pub struct Manifest {
     /// commit... Sluice stores and reports it, and reads nothing in it.
     #[serde(default)]
     pub lineage: serde_json::Map<String, serde_json::Value>,
+    /// The latest validation report of this version (`sluice models
+    /// validate`), when there is one. Boxed: most manifests have none, and
+    /// a manifest is held in enums whose variants should stay small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Box<ValidationRecord>>,
+}
+
+/// A validation report as a manifest records it: which file, its hash,
+/// whether every check passed, and when it was made.
+///
+/// ```json
+/// "validation": {
+///   "file": "validation.json",
+///   "sha256": "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
+///   "passed": true,
+///   "created": "2026-11-27T10:02:31Z"
+/// }
+/// ```
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationRecord {
+    /// The report's file name inside the version directory: `"validation.json"`.
+    pub file: String,
+    /// SHA-256 of the report file, lowercase hex.
+    pub sha256: String,
+    /// Whether every check of the report passed.
+    pub passed: bool,
+    /// When the report was made, RFC 3339 UTC to the second.
+    pub created: String,
 }
 
 /// The outcome of a successful [`verify`].

@@ -264,6 +264,7 @@ pub(crate) fn new_manifest(
         created: format_rfc3339(SystemTime::now()),
         source_file: source.to_string_lossy().into_owned(),
         lineage,
+        validation: None,
     }
 }
 

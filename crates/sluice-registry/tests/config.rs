@@ -114,6 +114,10 @@ fn every_field_is_read() {
                 what: CaptureWhat::Inputs,
                 queue_size: 50,
             },
+            safety: Default::default(),
+            task: None,
+            require_validation: false,
+            validation: Default::default(),
         }
     );
 }
@@ -418,4 +422,43 @@ fn scan_reports_config_per_model() {
     );
     // The broken model is still listed with its versions.
     assert_eq!(scan.models["typo"].available_versions(), [1].into());
+}
+
+#[test]
+fn task_and_validation_table() {
+    let config = parse(
+        r#"
+        task = "classification"
+        require_validation = true
+
+        [validation]
+        features = ["age", "income"]
+        input = "x"
+        output = "probabilities"
+        positive_class = 0
+        checks = ["accuracy >= 0.9", "demographic_parity_difference <= 0.1"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.task, Some(sluice_registry::Task::Classification));
+    assert!(config.require_validation);
+    assert_eq!(
+        config.validation,
+        sluice_registry::Validation {
+            features: vec!["age".into(), "income".into()],
+            input: Some("x".into()),
+            output: Some("probabilities".into()),
+            positive_class: 0,
+            checks: vec![
+                "accuracy >= 0.9".into(),
+                "demographic_parity_difference <= 0.1".into()
+            ],
+        }
+    );
+    let defaults = parse("task = \"regression\"\n").unwrap();
+    assert_eq!(defaults.task, Some(sluice_registry::Task::Regression));
+    assert!(!defaults.require_validation);
+    assert_eq!(defaults.validation.positive_class, 1);
+    assert!(parse_err("task = \"ranking\"\n").contains("ranking"));
+    assert!(parse_err("[validation]\nthreshold = 1\n").contains("threshold"));
 }
