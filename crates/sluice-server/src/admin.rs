@@ -108,7 +108,16 @@ async fn apply(
     action: &str,
     evidence: Value,
 ) -> Result<Json<Value>, ApiError> {
-    let change = state.manager.set_policy(model, policy).await?;
+    let change = match state.manager.set_policy(model, policy.clone()).await {
+        Ok(change) => change,
+        Err(e) => {
+            return Err(
+                rollout::refused(&state.manager, &who, action, model, &policy, e)
+                    .await
+                    .into(),
+            );
+        }
+    };
     let record = rollout::record(
         &state.manager,
         AuditEntry {

@@ -62,6 +62,13 @@ pub fn build(snapshot: &Snapshot, root: &Path) -> Result<Value, String> {
                     "algorithm": s.get("algorithm"),
                 })),
                 "validation": validation_summary(manifest.as_ref(), validation.as_ref()),
+                // The validation gate (models with `require_validation`):
+                // "allowed", or why the version may take no traffic.
+                "traffic": match served.and_then(|m| m.gate.get(&version)) {
+                    None => Value::from("allowed"),
+                    Some(Ok(_)) => Value::from("allowed (validated)"),
+                    Some(Err(why)) => Value::from(format!("refused: {why}")),
+                },
                 "roles": roles,
             }));
         }

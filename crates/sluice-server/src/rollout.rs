@@ -120,8 +120,18 @@ pub struct Context {
 /// the bucket, by a conditional write that concurrent replicas cannot undo.
 pub async fn record(
     manager: &ModelManager,
-    entry: AuditEntry,
+    mut entry: AuditEntry,
 ) -> Result<audit::AuditRecord, String> {
+    // A model that requires validation: the gate's evidence for the versions
+    // the new policy gives traffic to goes with the change.
+    if let Some(gate) = gate_evidence(manager, &entry.model, &entry.after) {
+        match &mut entry.evidence {
+            Value::Object(map) => {
+                map.insert("validation".into(), gate);
+            }
+            other => *other = json!({ "validation": gate, "evidence": other.take() }),
+        }
+    }
     if let Some(registry) = manager.registry() {
         return registry
             .remote()
@@ -137,6 +147,61 @@ pub async fn record(
         .await
         .map_err(|e| format!("audit task failed: {e}"))?
         .map_err(|e| e.to_string())
+}
+
+/// The validation gate's verdicts on the versions `policy` (JSON) names,
+/// for a model that requires validation; `None` otherwise.
+fn gate_evidence(manager: &ModelManager, model: &str, policy: &Value) -> Option<Value> {
+    let snapshot = manager.snapshot();
+    let entry = snapshot.model(model)?;
+    if !entry.config.require_validation {
+        return None;
+    }
+    let policy: sluice_rollout::policy::TrafficPolicy =
+        serde_json::from_value(policy.clone()).ok()?;
+    let mut out = serde_json::Map::new();
+    for v in policy.versions() {
+        let verdict = match entry.gate.get(&v) {
+            Some(Ok(evidence)) => evidence.clone(),
+            Some(Err(why)) => json!({ "refused": why }),
+            None => json!({ "refused": "not loaded" }),
+        };
+        out.insert(v.to_string(), verdict);
+    }
+    Some(Value::Object(out))
+}
+
+/// Records a policy change the validation gate refused (who asked, what,
+/// and why), and hands the error back. Other refusals are not audited:
+/// they are a caller's mistakes, not the gate's decisions.
+pub async fn refused(
+    manager: &ModelManager,
+    actor: &str,
+    action: &str,
+    model: &str,
+    requested: &sluice_rollout::policy::TrafficPolicy,
+    error: sluice_serving::ServingError,
+) -> sluice_serving::ServingError {
+    if let sluice_serving::ServingError::InvalidPolicy { reason, .. } = &error
+        && reason.starts_with(sluice_serving::policy::GATE_REFUSAL)
+    {
+        let before = manager
+            .snapshot()
+            .model(model)
+            .and_then(|m| m.policy.as_deref().cloned());
+        let entry = AuditEntry {
+            actor: actor.to_string(),
+            action: format!("{action}.refused"),
+            model: model.to_string(),
+            before: serde_json::to_value(&before).unwrap_or(Value::Null),
+            after: serde_json::to_value(requested).unwrap_or(Value::Null),
+            evidence: json!({ "reason": reason }),
+        };
+        if let Err(e) = record(manager, entry).await {
+            tracing::error!(model = %model, error = %e, "cannot append to the audit log");
+        }
+    }
+    error
 }
 
 /// Starts a rollout of `plan` on `model`: the canary at the first step's
@@ -170,7 +235,16 @@ pub async fn start(
         weight: plan.steps[0] / 100.0,
     });
     policy.shadows.retain(|s| s.version != plan.canary);
-    let change = ctx.manager.set_policy(model, policy).await?;
+    let change = match ctx.manager.set_policy(model, policy.clone()).await {
+        Ok(change) => change,
+        Err(e) => {
+            return Err(
+                refused(&ctx.manager, actor, "rollout.start", model, &policy, e)
+                    .await
+                    .into(),
+            );
+        }
+    };
     record(
         &ctx.manager,
         AuditEntry {

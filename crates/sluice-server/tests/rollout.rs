@@ -1708,3 +1708,155 @@ async fn a_rollout_plan_is_checked_and_a_rollout_can_be_stopped() {
     assert_eq!(records[2]["actor"], ADMIN_NAME);
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// The validation gate (`require_validation = true`)
+// ---------------------------------------------------------------------------
+
+/// Writes a validation report beside `scale/<version>` and records its hash
+/// in the version's manifest, as `sluice models validate` does.
+fn record_report(root: &Path, version: u64, passed: bool) {
+    let dir = root.join("scale").join(version.to_string());
+    let report = serde_json::to_vec(&json!({
+        "passed": passed,
+        "checks": [{ "check": "accuracy >= 0.9", "value": if passed { 0.95 } else { 0.5 }, "passed": passed }],
+    }))
+    .unwrap();
+    std::fs::write(dir.join("validation.json"), &report).unwrap();
+    let sha256 = |bytes: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+    let model = std::fs::read(dir.join("model.onnx")).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&json!({
+            "schema": 1, "model": "scale", "version": version, "file": "model.onnx",
+            "sha256": sha256(&model), "size_bytes": model.len(),
+            "created": "2026-11-26T00:00:00Z", "source_file": "model.onnx", "lineage": {},
+            "validation": {
+                "file": "validation.json", "sha256": sha256(&report), "passed": passed,
+                "created": "2026-11-26T00:00:00Z",
+            },
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_validation_gate_keeps_unvalidated_versions_from_traffic() {
+    let _serial = SERIAL.lock().await;
+    let server = start(
+        &[("scale", 1), ("scale", 2), ("scale", 3)],
+        Some("require_validation = true\n"),
+        admin_options(),
+    )
+    .await;
+    let root = server.root.path().to_path_buf();
+    // Nothing validated: every version loads, none takes traffic by default.
+    let index = server.post_empty("/v2/repository/index").await;
+    assert_eq!(index.status(), 200);
+    let response = server
+        .post_json(
+            "/v2/models/scale/infer",
+            &common::scale_request([1.0, 2.0, 3.0, 4.0]),
+        )
+        .await;
+    assert_eq!(response.status(), 503, "no version may take traffic yet");
+    // A version can still be called by its number (to test it).
+    let response = server
+        .post_json(
+            "/v2/models/scale/versions/2/infer",
+            &common::scale_request([1.0, 2.0, 3.0, 4.0]),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+
+    // Version 1 passes, version 3 fails, version 2 has no report: the
+    // default is 1, although 3 is the highest.
+    record_report(&root, 1, true);
+    record_report(&root, 3, false);
+    server.manager.reconcile().await.unwrap();
+    let response = server
+        .post_json(
+            "/v2/models/scale/infer",
+            &common::scale_request([1.0, 2.0, 3.0, 4.0]),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["sluice-model-version"], "1");
+
+    // Neither 2 nor 3 may be canary or shadow; the refusals are audited
+    // with the reason.
+    for (policy, why) in [
+        (
+            json!({ "stable": 1, "canary": { "version": 2, "weight": 0.5 } }),
+            "may not be canary",
+        ),
+        (
+            json!({ "stable": 1, "shadows": [{ "version": 3, "percent": 100.0 }] }),
+            "failed: accuracy >= 0.9",
+        ),
+        (json!({ "stable": 3 }), "failed"),
+    ] {
+        let (status, body) = admin(
+            &server,
+            Method::PUT,
+            "/admin/models/scale/policy",
+            Some(&policy),
+        )
+        .await;
+        assert_eq!(status, 400, "{policy}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("validation gate") && message.contains(why),
+            "{message}"
+        );
+    }
+    let records = audit_records(&server).await;
+    assert_eq!(
+        actions(&records),
+        [
+            "policy.set.refused",
+            "policy.set.refused",
+            "policy.set.refused"
+        ]
+    );
+    assert!(
+        records[0]["evidence"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("version 2")
+    );
+    assert_eq!(records[0]["actor"], ADMIN_NAME);
+
+    // Validated, version 2 may be canary; the change carries the gate's
+    // evidence (the reports' hashes).
+    record_report(&root, 2, true);
+    server.manager.reconcile().await.unwrap();
+    put_policy(
+        &server,
+        json!({ "stable": 1, "canary": { "version": 2, "weight": 0.5 } }),
+    )
+    .await;
+    let records = audit_records(&server).await;
+    let last = records.last().unwrap();
+    assert_eq!(last["action"], "policy.set");
+    let evidence = &last["evidence"]["validation"];
+    assert_eq!(evidence["2"]["passed"], true, "{last}");
+    assert_eq!(evidence["1"]["passed"], true, "{last}");
+    assert!(evidence["2"]["report_sha256"].as_str().unwrap().len() == 64);
+
+    // The inventory shows the gate's verdicts and the roles.
+    let (status, inventory) = admin(&server, Method::GET, "/admin/inventory", None).await;
+    assert_eq!(status, 200, "{inventory}");
+    let versions = inventory["models"][0]["versions"].as_array().unwrap();
+    let v2 = versions.iter().find(|v| v["version"] == 2).unwrap();
+    assert_eq!(v2["roles"][0]["role"], "canary", "{v2}");
+    assert_eq!(v2["roles"][0]["since"]["actor"], ADMIN_NAME, "{v2}");
+    assert_eq!(v2["validation"]["passed"], true, "{v2}");
+    let v3 = versions.iter().find(|v| v["version"] == 3).unwrap();
+    assert!(v3["traffic"].as_str().unwrap().contains("failed"), "{v3}");
+    server.stop().await;
+}

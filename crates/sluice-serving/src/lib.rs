@@ -25,6 +25,7 @@
 //! its local cache: the bucket is polled and the cache rescanned when it
 //! changed, and policy changes are written to the bucket first.
 
+pub mod gate;
 mod manager;
 pub mod policy;
 mod registry;

@@ -410,7 +410,12 @@ impl Reconciler {
                 .get(name)
                 .map(|l| l.iter().map(|(v, l)| (*v, l.executor.clone())).collect())
                 .unwrap_or_default();
-            let (policy, policy_error) = self.resolve_policy(name, &versions);
+            let gate = crate::gate::verdicts(
+                config.require_validation,
+                &self.repo.model_dir(name),
+                &versions,
+            );
+            let (policy, policy_error) = self.resolve_policy(name, &versions, &gate);
             models.insert(
                 name.clone(),
                 Arc::new(ModelSnapshot {
@@ -419,6 +424,7 @@ impl Reconciler {
                     versions,
                     policy,
                     policy_error,
+                    gate,
                 }),
             );
         }
@@ -738,13 +744,14 @@ impl Reconciler {
         &mut self,
         name: &str,
         versions: &BTreeMap<u64, Arc<ModelExecutor>>,
+        gate: &BTreeMap<u64, crate::gate::Verdict>,
     ) -> (Option<Arc<TrafficPolicy>>, Option<String>) {
         let (previous, logged) = self.policies.remove(name).unwrap_or((None, None));
         let from_file = sluice_rollout::policy::load(&self.repo.model_dir(name))
             .map_err(|e| e.to_string())
             .and_then(|p| match p {
                 None => Ok(None),
-                Some(p) => crate::policy::validate(&p, versions).map(|()| Some(p)),
+                Some(p) => crate::policy::validate(&p, versions, gate).map(|()| Some(p)),
             });
         let (policy, error) = match from_file {
             Ok(None) => (None, None),
@@ -756,7 +763,7 @@ impl Reconciler {
                 }
             },
             Err(reason) => {
-                let kept = previous.filter(|p| crate::policy::validate(p, versions).is_ok());
+                let kept = previous.filter(|p| crate::policy::validate(p, versions, gate).is_ok());
                 if logged.as_deref() != Some(reason.as_str()) {
                     tracing::warn!(
                         model = %name,
@@ -796,7 +803,7 @@ impl Reconciler {
                 ServingError::UnknownModel(model.to_string())
             });
         };
-        crate::policy::validate(&policy, &current.versions).map_err(invalid)?;
+        crate::policy::validate(&policy, &current.versions, &current.gate).map_err(invalid)?;
         let before = current.policy.as_deref().cloned();
         let store_error = |reason: String| ServingError::PolicyStore {
             model: model.to_string(),

@@ -46,17 +46,34 @@ pub struct ModelSnapshot {
     pub policy: Option<Arc<TrafficPolicy>>,
     /// Why the model's policy file is not (or no longer) in effect.
     pub policy_error: Option<String>,
+    /// With `require_validation`: the validation gate's verdict on each
+    /// ready version (the evidence it passed on, or why it may take no
+    /// traffic). Empty otherwise: every ready version may.
+    pub gate: BTreeMap<u64, crate::gate::Verdict>,
 }
 
 impl ModelSnapshot {
     /// The version a request without one goes to: the policy's stable
-    /// version, else the highest ready version.
+    /// version, else the highest ready version the validation gate lets
+    /// take traffic.
     pub fn default_version(&self) -> Option<&Arc<ModelExecutor>> {
         self.policy
             .as_ref()
             .and_then(|p| p.stable)
             .and_then(|v| self.versions.get(&v))
-            .or_else(|| self.versions.values().next_back())
+            .or_else(|| {
+                self.versions
+                    .iter()
+                    .rev()
+                    .find(|(v, _)| self.may_take_traffic(**v))
+                    .map(|(_, e)| e)
+            })
+    }
+
+    /// Whether the validation gate lets `version` be stable, canary or
+    /// shadow (always, for a model that does not require validation).
+    pub fn may_take_traffic(&self, version: u64) -> bool {
+        self.gate.get(&version).is_none_or(Result::is_ok)
     }
 
     /// The canary version and its weight, when the policy has one.
