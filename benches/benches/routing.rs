@@ -132,6 +132,7 @@ fn main() {
                 registry: None,
                 runtime: ort,
                 require_manifests: false,
+                trusted_keys: None,
                 rescan_interval: Duration::from_secs(600),
                 metrics: None,
             },

@@ -103,6 +103,7 @@ impl Server {
                         registry: None,
                         runtime: ort,
                         require_manifests: false,
+                        trusted_keys: None,
                         rescan_interval: Duration::from_secs(60),
                         metrics,
                     },

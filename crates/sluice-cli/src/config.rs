@@ -13,7 +13,7 @@ use serde::Deserialize;
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below (keys: models, http_addr,
-    /// max_body_bytes, require_manifests, rescan_interval_ms, ort_lib,
+    /// max_body_bytes, require_manifests, trusted_keys, rescan_interval_ms, ort_lib,
     /// log_format, log, capture_url, capture_source, ...: each flag's name
     /// with `_` for `-`). Unknown keys are an error. Flags and environment
     /// variables override it.
@@ -85,6 +85,12 @@ pub struct ServeArgs {
     /// else SLUICE_API_KEYS; with neither, the inference API is open
     #[arg(long, env = "SLUICE_API_KEYS_FILE", value_name = "FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// File of Ed25519 public keys (SPKI PEM, one or more; `# name: NAME`
+    /// before a key names it) trusted to sign manifests: only versions
+    /// whose manifest.sig (from `sluice models publish --sign`) verifies
+    /// with one of them load. Without it signatures are not checked
+    #[arg(long, env = "SLUICE_TRUSTED_KEYS", value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
     /// Shadow copies in flight per shadow version before more are dropped
     /// [default: 64]
     #[arg(long, env = "SLUICE_SHADOW_QUEUE", value_name = "N")]
@@ -186,6 +192,7 @@ pub struct FileConfig {
     pub trace_sample_ratio: Option<f64>,
     pub admin_keys_file: Option<PathBuf>,
     pub api_keys_file: Option<PathBuf>,
+    pub trusted_keys: Option<PathBuf>,
     pub shadow_queue: Option<usize>,
     pub shadow_cpu: Option<f64>,
     pub capture_url: Option<String>,
@@ -212,6 +219,9 @@ pub struct ServeSettings {
     pub registry: Option<RemoteSettings>,
     pub http_addr: SocketAddr,
     pub require_manifests: bool,
+    /// The keys manifests must be signed with (`--trusted-keys`), read
+    /// at start; `None`: signatures are not checked.
+    pub trusted_keys: Option<std::sync::Arc<sluice_registry::TrustedKeys>>,
     pub rescan_interval: Duration,
     pub ort_lib: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -318,6 +328,11 @@ impl ServeSettings {
                 .require_manifests
                 .or(file.require_manifests)
                 .unwrap_or(false),
+            trusted_keys: args
+                .trusted_keys
+                .or_else(|| from_file(file.trusted_keys))
+                .map(|path| sluice_registry::TrustedKeys::load(&path).map(std::sync::Arc::new))
+                .transpose()?,
             rescan_interval: Duration::from_millis(rescan_ms),
             ort_lib: args.ort_lib.or_else(|| from_file(file.ort_lib)),
             log_format: args

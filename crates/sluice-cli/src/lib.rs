@@ -12,6 +12,7 @@ mod config;
 mod drift;
 mod inventory;
 mod rollout;
+mod signing;
 mod validate;
 
 use std::path::PathBuf;
@@ -87,6 +88,23 @@ pub enum ModelsCommand {
         /// --lineage training_run=42 --lineage dataset=iris-2026-11.
         #[arg(long = "lineage", value_name = "KEY=VALUE")]
         lineage: Vec<String>,
+        /// Sign the manifest with this Ed25519 private key (PKCS#8 PEM, from
+        /// `sluice models keygen` or `openssl genpkey -algorithm ed25519`):
+        /// manifest.sig appears with the version
+        #[arg(long, env = "SLUICE_SIGNING_KEY", value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
+    /// Make an Ed25519 key pair for `publish --sign`: PREFIX.key (private,
+    /// PKCS#8 PEM, mode 0600) and PREFIX.pub (public, SPKI PEM, for the
+    /// gateway's --trusted-keys file). Existing files are not overwritten.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+        /// A name written into PREFIX.pub (`# name: NAME`), which gateways
+        /// report as the signer; default: the key id.
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Every model and version a gateway serves or knows, with its hash,
     /// signer, lineage, validation result, current role, and when and by
@@ -162,6 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             models,
             lineage,
+            sign,
         }) => {
             let mut map = serde_json::Map::new();
             for pair in lineage {
@@ -170,13 +189,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("--lineage {pair:?} is not KEY=VALUE"))?;
                 map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
             }
+            // Read the key first: a bad key publishes nothing.
+            let key = sign
+                .as_deref()
+                .map(sluice_registry::PrivateKey::load)
+                .transpose()?;
             let published = match models.to_str().filter(|m| sluice_registry::is_remote(m)) {
                 Some(url) => {
                     let registry = open_remote(url)?;
-                    block_on(registry.publish(&model, &file, version, map))??
+                    block_on(registry.publish_signed(&model, &file, version, map, key.as_ref()))??
                 }
-                None => sluice_registry::Repository::open(&models)?
-                    .publish(&model, &file, version, map)?,
+                None => sluice_registry::Repository::open(&models)?.publish_signed(
+                    &model,
+                    &file,
+                    version,
+                    map,
+                    key.as_ref(),
+                )?,
             };
             println!(
                 "published {} version {} ({}, sha256 {})",
@@ -184,6 +213,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 published.version,
                 published.dir.display(),
                 published.manifest.sha256
+            );
+            if let Some(key) = &key {
+                println!("signed with key {}", key.key_id());
+            }
+            Ok(())
+        }
+        Command::Models(ModelsCommand::Keygen { out, name }) => {
+            let (private, public, id) = signing::keygen(&out, name.as_deref())?;
+            println!(
+                "key {id}: private key {} (keep it secret), public key {} (add it to the gateway's --trusted-keys file)",
+                private.display(),
+                public.display()
             );
             Ok(())
         }
@@ -343,11 +384,19 @@ pub async fn serve(
         None => None,
     };
     let repo = sluice_registry::Repository::open(&settings.models)?;
+    if let Some(keys) = &settings.trusted_keys {
+        tracing::info!(
+            keys = keys.len(),
+            file = %keys.source().display(),
+            "only versions signed by a trusted key load"
+        );
+    }
     let manager = sluice_serving::ModelManager::start(
         repo,
         sluice_serving::ManagerOptions {
             runtime,
             require_manifests: settings.require_manifests,
+            trusted_keys: settings.trusted_keys.clone(),
             rescan_interval: settings.rescan_interval,
             metrics: Some(metrics.clone()),
             registry,

@@ -152,6 +152,20 @@ pub enum RegistryError {
         actual: String,
     },
 
+    /// With trusted keys configured, a version whose signature is missing,
+    /// by an untrusted key, not over its manifest, or malformed. `path` is
+    /// the version's `manifest.sig`.
+    #[error("{}: {reason}", path.display())]
+    Signature {
+        path: PathBuf,
+        reason: crate::SignatureError,
+    },
+
+    /// A key file (a private key, a trusted-keys bundle) that cannot be
+    /// used: not PEM, not Ed25519, the wrong kind of key.
+    #[error("cannot use key file {}: {reason}", path.display())]
+    KeyFile { path: PathBuf, reason: String },
+
     /// [`watch`](crate::watch) was asked to rescan every zero seconds.
     #[error("the rescan interval of the repository watcher must be positive")]
     ZeroRescanInterval,

@@ -60,6 +60,7 @@ mod manifest;
 mod publish;
 mod remote;
 mod scan;
+mod signing;
 mod watch;
 
 /// `[safety]` of `model.toml`: the limits of the model safety check.
@@ -71,12 +72,16 @@ pub use config::{
 pub use error::RegistryError;
 pub use manifest::{
     MANIFEST_SCHEMA, Manifest, ValidationRecord, Verification, format_rfc3339, parse_manifest,
-    verify,
+    verify, verify_signed,
 };
 pub use publish::{PUBLISH_TEMP_PREFIX, Published};
 pub use remote::{AUDIT_FILE, POLICY_FILE, RemoteRegistry, SyncReport, is_remote};
 pub use scan::{
     CONFIG_FILE, Fingerprint, MANIFEST_FILE, MODEL_FILE, ModelEntry, Repository, RepositoryScan,
     VersionEntry, parse_version, validate_model_name,
+};
+pub use signing::{
+    PrivateKey, SIGNATURE_ALGORITHM, SIGNATURE_FILE, SIGNATURE_SCHEMA, SignatureError, Signer,
+    TrustedKeys, key_id, sign_manifest_file, sign_manifest_with,
 };
 pub use watch::{DEBOUNCE, MAX_DEBOUNCE_DELAY, RepositoryWatcher, Wake, watch};

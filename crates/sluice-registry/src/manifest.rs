@@ -8,7 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{MANIFEST_FILE, MODEL_FILE, RegistryError, VersionEntry};
+use crate::signing::read_signature_file;
+use crate::{
+    MANIFEST_FILE, MODEL_FILE, RegistryError, SIGNATURE_FILE, SignatureError, Signer, TrustedKeys,
+    VersionEntry,
+};
 
 /// The manifest schema this crate writes and reads.
 pub const MANIFEST_SCHEMA: u32 = 1;
@@ -95,6 +99,29 @@ pub enum Verification {
     /// There is no `manifest.json` (a version copied in by hand); `model.onnx`
     /// exists but nothing vouches for its content.
     Unverified,
+    /// As `Verified`, and `manifest.sig` is a signature over the exact bytes
+    /// of `manifest.json` by a trusted key (only from [`verify_signed`]).
+    Signed { manifest: Manifest, signer: Signer },
+}
+
+impl Verification {
+    /// The manifest, when there is one.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match self {
+            Verification::Verified(manifest) | Verification::Signed { manifest, .. } => {
+                Some(manifest)
+            }
+            Verification::Unverified => None,
+        }
+    }
+
+    /// Who signed the version, when its signature was checked.
+    pub fn signer(&self) -> Option<&Signer> {
+        match self {
+            Verification::Signed { signer, .. } => Some(signer),
+            _ => None,
+        }
+    }
 }
 
 /// Checks a version's files against its manifest, reading and hashing
@@ -116,6 +143,25 @@ pub enum Verification {
 ///   [`SizeMismatch`](RegistryError::SizeMismatch),
 ///   [`HashMismatch`](RegistryError::HashMismatch) or an I/O error.
 pub fn verify(entry: &VersionEntry, model: &str) -> Result<Verification, RegistryError> {
+    verify_signed(entry, model, None)
+}
+
+/// [`verify`], and with `trusted` keys the signature too: the version
+/// verifies only if `manifest.json` and `manifest.sig` exist and the
+/// signature, by a key in `trusted`, is over the exact bytes of the
+/// manifest; it is checked before the manifest is parsed or the model
+/// hashed. Otherwise [`Signature`](RegistryError::Signature) says why
+/// (unsigned, untrusted key, does not verify, malformed). Success is
+/// [`Verification::Signed`], naming the signer.
+///
+/// Without trusted keys (`None`) `manifest.sig` is not read: there is no
+/// key to check it with, so it vouches for nothing, and a version that
+/// has one verifies (or not) exactly as one without.
+pub fn verify_signed(
+    entry: &VersionEntry,
+    model: &str,
+    trusted: Option<&TrustedKeys>,
+) -> Result<Verification, RegistryError> {
     let model_file = entry.dir.join(MODEL_FILE);
     let missing = || RegistryError::ModelFileMissing {
         model: model.to_owned(),
@@ -132,8 +178,22 @@ pub fn verify(entry: &VersionEntry, model: &str) -> Result<Verification, Registr
     let manifest_path = entry.dir.join(MANIFEST_FILE);
     let bytes = match std::fs::read(&manifest_path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verification::Unverified),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return match trusted {
+                Some(_) => Err(RegistryError::Signature {
+                    path: manifest_path,
+                    reason: SignatureError::Unsigned {
+                        what: MANIFEST_FILE,
+                    },
+                }),
+                None => Ok(Verification::Unverified),
+            };
+        }
         Err(e) => return Err(RegistryError::io("read", &manifest_path, e)),
+    };
+    let signer = match trusted {
+        Some(trusted) => Some(check_signature(&entry.dir, &bytes, trusted)?),
+        None => None,
     };
     let manifest = parse_manifest(&bytes, &manifest_path)?;
     if manifest.model != model {
@@ -175,7 +235,29 @@ pub fn verify(entry: &VersionEntry, model: &str) -> Result<Verification, Registr
             actual: sha256,
         });
     }
-    Ok(Verification::Verified(manifest))
+    Ok(match signer {
+        Some(signer) => Verification::Signed { manifest, signer },
+        None => Verification::Verified(manifest),
+    })
+}
+
+/// Checks `manifest.sig` in `dir` against the manifest's bytes.
+fn check_signature(
+    dir: &Path,
+    manifest: &[u8],
+    trusted: &TrustedKeys,
+) -> Result<Signer, RegistryError> {
+    let path = dir.join(SIGNATURE_FILE);
+    let reason = match read_signature_file(dir)? {
+        None => SignatureError::Unsigned {
+            what: SIGNATURE_FILE,
+        },
+        Some(signature) => match trusted.verify(manifest, &signature) {
+            Ok(signer) => return Ok(signer),
+            Err(reason) => reason,
+        },
+    };
+    Err(RegistryError::Signature { path, reason })
 }
 
 /// Parses `manifest.json` bytes; `path` names the file in errors.

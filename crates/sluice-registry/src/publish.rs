@@ -8,9 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use crate::manifest::{CopyError, format_rfc3339, hash_reader};
+use crate::signing::write_synced;
 use crate::{
-    MANIFEST_FILE, MANIFEST_SCHEMA, MODEL_FILE, Manifest, RegistryError, Repository, parse_version,
-    validate_model_name,
+    MANIFEST_FILE, MANIFEST_SCHEMA, MODEL_FILE, Manifest, PrivateKey, RegistryError, Repository,
+    SIGNATURE_FILE, parse_version, validate_model_name,
 };
 
 /// The prefix of the staging directories `publish` creates inside a model
@@ -54,6 +55,21 @@ impl Repository {
         version: Option<u64>,
         lineage: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Published, RegistryError> {
+        self.publish_signed(model, file, version, lineage, None)
+    }
+
+    /// [`publish`](Repository::publish), signing the manifest with `key`
+    /// when given: `manifest.sig` is written into the staging directory
+    /// after `manifest.json`, so the version appears with its signature or
+    /// not at all.
+    pub fn publish_signed(
+        &self,
+        model: &str,
+        file: &Path,
+        version: Option<u64>,
+        lineage: serde_json::Map<String, serde_json::Value>,
+        key: Option<&PrivateKey>,
+    ) -> Result<Published, RegistryError> {
         validate_model_name(model)?;
         check_source(file)?;
         let model_dir = self.model_dir(model);
@@ -89,7 +105,7 @@ impl Repository {
             std::process::id()
         )))?;
 
-        let manifest = stage(temp.path(), model, version, file, lineage)?;
+        let manifest = stage(temp.path(), model, version, file, lineage, key)?;
 
         // `rename` onto an existing non-empty directory fails, but onto an
         // empty one it succeeds (and replaces it), so look right before.
@@ -212,6 +228,7 @@ fn stage(
     version: u64,
     source: &Path,
     lineage: serde_json::Map<String, serde_json::Value>,
+    key: Option<&PrivateKey>,
 ) -> Result<Manifest, RegistryError> {
     let input = File::open(source).map_err(|e| RegistryError::io("open", source, e))?;
     let model_path = temp.join(MODEL_FILE);
@@ -240,6 +257,9 @@ fn stage(
     out.sync_all()
         .map_err(|e| RegistryError::io("fsync", &manifest_path, e))?;
     drop(out);
+    if let Some(key) = key {
+        write_synced(&temp.join(SIGNATURE_FILE), &key.sign_manifest(&json))?;
+    }
 
     sync_dir(temp)?;
     Ok(manifest)
@@ -346,7 +366,7 @@ mod tests {
         let temp = TempDir::create(staging.clone()).unwrap();
         // A directory opens fine on Unix but reading it fails (EISDIR), so the
         // failure comes after model.onnx was created.
-        let err = stage(temp.path(), "m", 1, dir.path(), Default::default()).unwrap_err();
+        let err = stage(temp.path(), "m", 1, dir.path(), Default::default(), None).unwrap_err();
         assert!(
             matches!(&err, RegistryError::Io { op: "read", path, .. } if path == dir.path()),
             "{err:?}"

@@ -43,8 +43,8 @@ use tracing::{debug, info, warn};
 
 use crate::publish::{Published, check_source, manifest_json, new_manifest};
 use crate::{
-    CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, RegistryError, parse_manifest, parse_version,
-    validate_model_name,
+    CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, PrivateKey, RegistryError, SIGNATURE_FILE,
+    parse_manifest, parse_version, validate_model_name,
 };
 
 /// The traffic policy's file name in a model directory (read by
@@ -649,6 +649,22 @@ impl RemoteRegistry {
         version: Option<u64>,
         lineage: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Published, RegistryError> {
+        self.publish_signed(model, file, version, lineage, None)
+            .await
+    }
+
+    /// [`publish`](RemoteRegistry::publish), signing the manifest with
+    /// `key` when given: `manifest.sig` is uploaded after the model file
+    /// and before `manifest.json`, which is still written last, so a
+    /// gateway that syncs the manifest finds its signature already there.
+    pub async fn publish_signed(
+        &self,
+        model: &str,
+        file: &Path,
+        version: Option<u64>,
+        lineage: serde_json::Map<String, serde_json::Value>,
+        key: Option<&PrivateKey>,
+    ) -> Result<Published, RegistryError> {
         validate_model_name(model)?;
         check_source(file)?;
         if version == Some(0) {
@@ -700,11 +716,23 @@ impl RemoteRegistry {
         let model_rel = format!("{base}/{MODEL_FILE}");
         self.upload_file(file, &model_rel).await?;
         let manifest = new_manifest(model, claimed, file, sha256, size_bytes, lineage);
+        let manifest_bytes = manifest_json(&manifest);
+        if let Some(key) = key {
+            let signature_rel = format!("{base}/{SIGNATURE_FILE}");
+            self.store
+                .put_opts(
+                    &self.object(&signature_rel),
+                    PutPayload::from(key.sign_manifest(&manifest_bytes)),
+                    PutOptions::from(PutMode::Overwrite),
+                )
+                .await
+                .map_err(|e| RegistryError::remote("write", self.location(&signature_rel), e))?;
+        }
         let manifest_rel = format!("{base}/{MANIFEST_FILE}");
         self.store
             .put_opts(
                 &self.object(&manifest_rel),
-                PutPayload::from(manifest_json(&manifest)),
+                PutPayload::from(manifest_bytes),
                 PutOptions::from(PutMode::Create),
             )
             .await

@@ -225,6 +225,7 @@ impl VersionEntry {
         let manifest_path = dir.join(MANIFEST_FILE);
         let model_meta = fs::metadata(&model_file).ok().filter(Metadata::is_file);
         let manifest_meta = fs::metadata(&manifest_path).ok();
+        let signature_meta = fs::metadata(dir.join(crate::SIGNATURE_FILE)).ok();
         VersionEntry {
             version,
             model_present: model_meta.is_some(),
@@ -232,6 +233,7 @@ impl VersionEntry {
             fingerprint: Fingerprint {
                 model: model_meta.as_ref().map(FileStamp::of),
                 manifest: manifest_meta.as_ref().map(FileStamp::of),
+                signature: signature_meta.as_ref().map(FileStamp::of),
             },
             model_file,
             dir,
@@ -241,8 +243,8 @@ impl VersionEntry {
 
 /// A cheap identity of a version's files, taken from their metadata only.
 ///
-/// Two scans give equal fingerprints for a version unless `model.onnx` or
-/// `manifest.json` appeared, disappeared, was replaced (new inode, as with
+/// Two scans give equal fingerprints for a version unless `model.onnx`,
+/// `manifest.json` or `manifest.sig` appeared, disappeared, was replaced (new inode, as with
 /// `mv` or an editor's save) or was written to (size, modification or change
 /// time). Comparing fingerprints is how a caller notices a version that was
 /// changed in place without hashing anything.
@@ -250,6 +252,7 @@ impl VersionEntry {
 pub struct Fingerprint {
     model: Option<FileStamp>,
     manifest: Option<FileStamp>,
+    signature: Option<FileStamp>,
 }
 
 /// The metadata of one file that changes when its content does.

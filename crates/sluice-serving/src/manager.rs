@@ -47,6 +47,10 @@ pub struct ManagerOptions {
     /// Refuse versions without a `manifest.json` (otherwise they load,
     /// reported as unverified).
     pub require_manifests: bool,
+    /// Public keys trusted to sign manifests: with them, a version loads
+    /// only when its `manifest.sig` verifies with one (refused otherwise,
+    /// like any failed load). `None`: signatures are not checked.
+    pub trusted_keys: Option<Arc<sluice_registry::TrustedKeys>>,
     /// Rescan the repository at least this often, whatever the file watcher
     /// reports (it can miss events on network filesystems).
     pub rescan_interval: Duration,
@@ -654,6 +658,7 @@ impl Reconciler {
             .map(|m| VersionMetrics::new(m, name, entry.version));
         let runtime = self.options.runtime.clone();
         let require = self.options.require_manifests;
+        let trusted_keys = self.options.trusted_keys.clone();
         let model = name.to_string();
         let version_entry = entry.clone();
         let options = session_options(config);
@@ -662,7 +667,11 @@ impl Reconciler {
         let started = std::time::Instant::now();
         // Hashing and session creation are blocking work.
         let result = tokio::task::spawn_blocking(move || {
-            let verified = match sluice_registry::verify(&version_entry, &model).map_err(|e| e.to_string())? {
+            let verified = match sluice_registry::verify_signed(&version_entry, &model, trusted_keys.as_deref()).map_err(|e| e.to_string())? {
+                Verification::Signed { signer, .. } => {
+                    tracing::info!(model = %model, version = version_entry.version, key_id = %signer.key_id, signer = %signer.name, "manifest signature verified");
+                    true
+                }
                 Verification::Verified(_) => true,
                 Verification::Unverified if require => {
                     return Err(format!(

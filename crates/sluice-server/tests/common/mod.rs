@@ -73,6 +73,7 @@ impl TestServer {
                 registry: None,
                 runtime,
                 require_manifests: false,
+                trusted_keys: None,
                 rescan_interval: Duration::from_millis(300),
                 metrics: Some(metrics.clone()),
             },
