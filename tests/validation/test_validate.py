@@ -349,7 +349,27 @@ def test_a_signed_manifest_is_refused_without_a_key(repo, tmp_path):
     data = write_csv(tmp_path / "golden.csv", columns(x, y))
     r, _ = repo.validate("m", 1, data)
     assert r.returncode == 2
-    assert "signed" in r.stderr
+    assert "signed" in r.stderr and "--sign" in r.stderr
     assert (vdir / "manifest.json").read_bytes() == before
     assert not (vdir / "validation.json").exists()
 
+
+def test_sign_re_signs_the_manifest(repo, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "signer.key"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    x, y, _ = binary_data(seed=22, n=50)
+    vdir = repo.add("m", logistic_model([1, -1, 0], 0), 1, "classification")
+    (vdir / "manifest.sig").write_text("{}")
+    data = write_csv(tmp_path / "golden.csv", columns(x, y))
+    r, report = repo.validate("m", 1, data, extra=["--sign", str(key_file)])
+    assert r.returncode == 0, r.stderr
+    assert (vdir / "manifest.sig").read_text() != "{}"
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["validation"]["sha256"] == hashlib.sha256(
+        (vdir / "validation.json").read_bytes()).hexdigest()

@@ -32,9 +32,6 @@ use sluice_registry::{ModelConfig, Task};
 use sluice_runtime::{ModelExecutor, OrtRuntime, SessionOptions};
 use sluice_tensor::{DataType, Tensor, TensorData};
 
-/// A detached signature of `manifest.json` (the signing work names it so).
-const SIGNATURE_FILE: &str = "manifest.sig";
-
 /// The report's file name in the version directory.
 pub const REPORT_FILE: &str = "validation.json";
 
@@ -66,6 +63,11 @@ pub struct ValidateArgs {
     /// validate a local copy and publish it).
     #[arg(long, env = "SLUICE_MODELS", default_value = "models")]
     pub models: PathBuf,
+    /// Ed25519 private key (PKCS#8 PEM) to re-sign a signed version's
+    /// manifest with after recording the report in it. Without it a signed
+    /// version is refused.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
     /// Print the report's JSON instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -139,13 +141,16 @@ fn validate(args: ValidateArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("{}/model.toml [validation] checks", entry.dir.display()))?;
 
     // A signed manifest is only changed when it can be signed again.
-    let signed = version.dir.join(SIGNATURE_FILE).exists();
-    if signed {
-        bail!(
-            "{} is signed ({SIGNATURE_FILE}): recording the report would change manifest.json and invalidate its signature",
-            version.dir.display()
-        );
-    }
+    let signed = version.dir.join(sluice_registry::SIGNATURE_FILE).exists();
+    let key = match &args.sign {
+        Some(path) => Some(sluice_registry::PrivateKey::load(path)?),
+        None if signed => bail!(
+            "{} is signed ({}): recording the report would change manifest.json and invalidate its signature; pass --sign KEY to re-sign it",
+            version.dir.display(),
+            sluice_registry::SIGNATURE_FILE
+        ),
+        None => None,
+    };
 
     // The model file must match its manifest, if it has one.
     sluice_registry::verify(version, &args.model)?;
@@ -274,6 +279,10 @@ fn validate(args: ValidateArgs) -> anyhow::Result<bool> {
     let report_sha256 = hex::encode(Sha256::digest(&report_bytes));
 
     let recorded = record_in_manifest(&version.dir, &report_sha256, passed, &created)?;
+    if let (true, Some(key)) = (recorded, &key) {
+        let signer = sluice_registry::sign_manifest_with(&version.dir, key)?;
+        eprintln!("manifest re-signed by {}", signer.key_id);
+    }
 
     if args.json {
         println!("{}", String::from_utf8_lossy(&report_bytes).trim_end());
