@@ -117,6 +117,7 @@ def test_only_versions_signed_by_a_trusted_key_load(keys, make_server, tmp_path)
     gw = make_server(models, extra_args=["--trusted-keys", bundle])
     e = wait_for_entry(gw, "scale", 1)
     assert e["state"] == "READY" and e["verified"] is True, e
+    assert e["signer"] == f"alice (key {alice.key_id})", e  # verified, named
     assert serving_version(gw) == "1"
     assert alice.key_id in gw.stderr_tail(200)  # the log names the signer
 
@@ -151,6 +152,7 @@ def test_only_versions_signed_by_a_trusted_key_load(keys, make_server, tmp_path)
     stage_elsewhere(tmp_path, models, 6, sign=bob.private)
     e = wait_for_entry(gw, "scale", 6)
     assert e["state"] == "READY" and e["verified"] is True, e
+    assert e["signer"] == f"bob (key {bob.key_id})", e
     assert serving_version(gw) == "6"
 
 

@@ -57,9 +57,14 @@ pub fn build(snapshot: &Snapshot, root: &Path) -> Result<Value, String> {
                 "published": manifest.as_ref().and_then(|m| m.get("created")).cloned(),
                 "lineage": manifest.as_ref().and_then(|m| m.get("lineage")).cloned()
                     .unwrap_or(Value::Object(Map::new())),
+                // Verified: the server's trusted keys checked the signature
+                // when the version loaded. Otherwise what manifest.sig
+                // claims, unchecked (no trusted keys configured).
                 "signer": signature.as_ref().map(|s| json!({
                     "key_id": s.get("key_id"),
                     "algorithm": s.get("algorithm"),
+                    "verified": entry.signer.is_some(),
+                    "name": entry.signer,
                 })),
                 "validation": validation_summary(manifest.as_ref(), validation.as_ref()),
                 // The validation gate (models with `require_validation`):

@@ -234,6 +234,8 @@ struct Loaded {
     executor: Arc<ModelExecutor>,
     fingerprint: Fingerprint,
     verified: bool,
+    /// The manifest's signer, when trusted keys verified it.
+    signer: Option<String>,
 }
 
 struct Reconciler {
@@ -385,6 +387,7 @@ impl Reconciler {
                     state: VersionState::Unavailable,
                     reason: "unloaded through the repository API; load it to serve it again".into(),
                     verified: None,
+                    signer: None,
                 });
                 continue;
             }
@@ -398,6 +401,7 @@ impl Reconciler {
                         state: VersionState::Unavailable,
                         reason: message.clone(),
                         verified: None,
+                        signer: None,
                     });
                     // Keep serving the versions loaded under the last good config.
                     if let Some(previous) = self.snapshot.load().model(name) {
@@ -475,6 +479,7 @@ impl Reconciler {
                 state: VersionState::Ready,
                 reason: String::new(),
                 verified: Some(l.verified),
+                signer: l.signer.clone(),
             });
         }
     }
@@ -587,6 +592,7 @@ impl Reconciler {
                     state: VersionState::Ready,
                     reason,
                     verified: Some(l.verified),
+                    signer: l.signer.clone(),
                 },
             );
         }
@@ -608,6 +614,7 @@ impl Reconciler {
                 state: VersionState::Unavailable,
                 reason: "no version directory".into(),
                 verified: None,
+                signer: None,
             });
         }
         index.extend(rows.into_values());
@@ -667,19 +674,19 @@ impl Reconciler {
         let started = std::time::Instant::now();
         // Hashing and session creation are blocking work.
         let result = tokio::task::spawn_blocking(move || {
-            let verified = match sluice_registry::verify_signed(&version_entry, &model, trusted_keys.as_deref()).map_err(|e| e.to_string())? {
+            let (verified, signer) = match sluice_registry::verify_signed(&version_entry, &model, trusted_keys.as_deref()).map_err(|e| e.to_string())? {
                 Verification::Signed { signer, .. } => {
                     tracing::info!(model = %model, version = version_entry.version, key_id = %signer.key_id, signer = %signer.name, "manifest signature verified");
-                    true
+                    (true, Some(signer.to_string()))
                 }
-                Verification::Verified(_) => true,
+                Verification::Verified(_) => (true, None),
                 Verification::Unverified if require => {
                     return Err(format!(
                         "{} has no manifest.json and the server requires manifests (publish it with `sluice models publish`)",
                         version_entry.dir.display()
                     ));
                 }
-                Verification::Unverified => false,
+                Verification::Unverified => (false, None),
             };
             // The safety check reads the file itself; ONNX Runtime sees it
             // only if nothing was found (`sluice_modelcheck`, `[safety]`).
@@ -705,11 +712,11 @@ impl Reconciler {
                 version_metrics,
             )
                 .map_err(|e| e.to_string())?;
-            Ok((executor, verified))
+            Ok((executor, verified, signer))
         })
         .await
         .map_err(|e| format!("loader thread failed: {e}"))?;
-        let (executor, verified) = result?;
+        let (executor, verified, signer) = result?;
         if let Some(reference) = reference
             && reference.version() != entry.version
             && let Some(difference) = reference.signature().incompatibility(executor.signature())
@@ -735,6 +742,7 @@ impl Reconciler {
             executor: Arc::new(executor),
             fingerprint: entry.fingerprint.clone(),
             verified,
+            signer,
         })
     }
 
@@ -963,5 +971,6 @@ fn unavailable(name: &str, version: u64, reason: String) -> IndexEntry {
         state: VersionState::Unavailable,
         reason,
         verified: None,
+        signer: None,
     }
 }

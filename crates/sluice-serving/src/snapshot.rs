@@ -32,6 +32,10 @@ pub struct IndexEntry {
     /// (`Some(false)`); `None` when not loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
+    /// Who signed its manifest (`name (key id)`), when the server has
+    /// trusted keys and the signature verified with one of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// One model as requests see it.
