@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import numpy as np
+import onnx
 
 import oiphelpers as h
 from conftest import Repo, logistic_model, write_csv
@@ -137,3 +138,38 @@ def cli(args, key):
                        timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout
+
+
+def test_governance_facts_given_at_publish_are_in_the_inventory(tmp_path):
+    models = tmp_path / "models"
+    src = tmp_path / "credit.onnx"
+    onnx.save(logistic_model([1.0, -1.0, 0.0], 0.0), src)
+    data = tmp_path / "train.csv"
+    data.write_text("x0,x1,group,y\n0.1,0.2,1,0\n")
+    models.mkdir()
+    r = subprocess.run([str(h.require_binary()), "models", "publish", "credit", str(src),
+                        "--models", str(models), "--owner", "risk-team",
+                        "--intended-use", "pre-screening; not for final decisions",
+                        "--risk-tier", "high", "--code-revision", "4e1f0c2",
+                        "--training-data", str(data)],
+                       capture_output=True, text=True, timeout=60, env=h.clean_env())
+    assert r.returncode == 0, r.stderr
+    keys = tmp_path / "admin.keys"
+    keys.write_text(f"auditor:{KEY}\n")
+    server = h.start_server(models, tmp_path / "logs",
+                            extra_args=["--admin-keys-file", keys, "--no-collector"])
+    try:
+        status, inventory = admin(server, "GET", "/admin/inventory")
+        assert status == 200, inventory
+        (version,) = inventory["models"][0]["versions"]
+        assert version["lineage"] == {
+            "owner": "risk-team",
+            "intended_use": "pre-screening; not for final decisions",
+            "risk_tier": "high",
+            "code_revision": "4e1f0c2",
+            "training_data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+        }, version
+        assert version["roles"] == [{"role": "stable", "share": 1.0, "implicit": True,
+                                     "since": None}], version
+    finally:
+        server.stop()

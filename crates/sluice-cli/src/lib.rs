@@ -88,6 +88,10 @@ pub enum ModelsCommand {
         /// --lineage training_run=42 --lineage dataset=iris-2026-11.
         #[arg(long = "lineage", value_name = "KEY=VALUE")]
         lineage: Vec<String>,
+        /// The governance facts an auditor asks for, recorded in the
+        /// lineage under their own keys (and shown by `models inventory`).
+        #[command(flatten)]
+        governance: Governance,
         /// Sign the manifest with this Ed25519 private key (PKCS#8 PEM, from
         /// `sluice models keygen` or `openssl genpkey -algorithm ed25519`):
         /// manifest.sig appears with the version
@@ -142,6 +146,70 @@ pub enum ModelsCommand {
     },
 }
 
+/// `models publish` flags for the facts governance frameworks (ISO/IEC
+/// 42001, the NIST AI RMF) ask to be traceable per model version.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Governance {
+    /// Who answers for the model (a team or person).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// What the model is for, and what it must not be used for.
+    #[arg(long, value_name = "TEXT")]
+    pub intended_use: Option<String>,
+    /// Its risk tier, e.g. minimal, limited, high (the EU AI Act's terms).
+    #[arg(long, value_name = "TIER")]
+    pub risk_tier: Option<String>,
+    /// The revision of the code that trained it (a git commit).
+    #[arg(long, value_name = "REV")]
+    pub code_revision: Option<String>,
+    /// The training data: its SHA-256 is recorded (as training_data_sha256).
+    #[arg(long, value_name = "FILE", conflicts_with = "training_data_sha256")]
+    pub training_data: Option<PathBuf>,
+    /// The training data's SHA-256, when the data is not at hand.
+    #[arg(long, value_name = "HEX")]
+    pub training_data_sha256: Option<String>,
+}
+
+impl Governance {
+    /// Adds the facts given to `lineage` (they win over `--lineage` pairs of
+    /// the same name).
+    fn record(
+        &self,
+        lineage: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let mut put = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                lineage.insert(k.to_string(), serde_json::Value::String(v.clone()));
+            }
+        };
+        put("owner", &self.owner);
+        put("intended_use", &self.intended_use);
+        put("risk_tier", &self.risk_tier);
+        put("code_revision", &self.code_revision);
+        let data_sha256 = match (&self.training_data, &self.training_data_sha256) {
+            (Some(path), _) => {
+                use sha2::Digest;
+                let mut file = std::fs::File::open(path)
+                    .with_context(|| format!("cannot read --training-data {}", path.display()))?;
+                let mut hasher = sha2::Sha256::new();
+                std::io::copy(&mut file, &mut hasher)
+                    .with_context(|| format!("cannot read --training-data {}", path.display()))?;
+                Some(hex::encode(hasher.finalize()))
+            }
+            (None, Some(hex)) => {
+                anyhow::ensure!(
+                    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "--training-data-sha256 must be 64 hex digits"
+                );
+                Some(hex.to_ascii_lowercase())
+            }
+            (None, None) => None,
+        };
+        put("training_data_sha256", &data_sha256);
+        Ok(())
+    }
+}
+
 /// Parses the command line and runs it; the exit code says whether it worked.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -180,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             models,
             lineage,
+            governance,
             sign,
         }) => {
             let mut map = serde_json::Map::new();
@@ -189,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("--lineage {pair:?} is not KEY=VALUE"))?;
                 map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
             }
+            governance.record(&mut map)?;
             // Read the key first: a bad key publishes nothing.
             let key = sign
                 .as_deref()
