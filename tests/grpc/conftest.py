@@ -25,6 +25,8 @@ import oiphelpers as h  # noqa: E402
 
 # Shared hooks: fail fast without the binary; servers' logs in failure reports.
 from oiphelpers import pytest_runtest_makereport, pytest_sessionstart  # noqa: E402,F401
+# Shared fixtures: `server` (session-wide) and `make_server` (per test).
+from oiphelpers import make_server, server  # noqa: E402,F401
 
 
 def grpc_client(server):
@@ -33,33 +35,8 @@ def grpc_client(server):
     return grpcclient.InferenceServerClient(server.hostport)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("session-repo")
-    models = h.copy_models(root / "models")
-    s = h.start_server(models, root / "logs")
-    yield s
-    code = s.stop()
-    assert code == 0, f"sluice exited with {code} on SIGTERM\n{s.stderr_tail()}"
-
-
 @pytest.fixture
 def client(server):
     c = grpc_client(server)
     yield c
     c.close()
-
-
-@pytest.fixture
-def make_server(tmp_path):
-    started = []
-
-    def make(only=None, extra_args=(), demo=True, name="repo"):
-        models = h.copy_models(tmp_path / name / "models", only=only, demo=demo)
-        s = h.start_server(models, tmp_path / name / "logs", extra_args=extra_args)
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        s.stop()

@@ -19,6 +19,8 @@ import oiphelpers as h
 
 # Shared hooks: fail fast without the binary; servers' logs in failure reports.
 from oiphelpers import pytest_runtest_makereport, pytest_sessionstart  # noqa: E402,F401
+# Shared fixtures: `server` (session-wide) and `make_server` (per test).
+from oiphelpers import make_server, server  # noqa: E402,F401
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -28,38 +30,8 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """A server over every fixture and demo model (read-only tests)."""
-    root = tmp_path_factory.mktemp("session-repo")
-    models = h.copy_models(root / "models")
-    s = h.start_server(models, root / "logs")
-    yield s
-    code = s.stop()
-    # Graceful shutdown on SIGTERM is part of the contract.
-    assert code == 0, f"sluice exited with {code} on SIGTERM\n{s.stderr_tail()}"
-
-
 @pytest.fixture
 def client(server):
     c = server.client()
     yield c
     c.close()
-
-
-@pytest.fixture
-def make_server(tmp_path):
-    """make_server(only={"scale": ["1"]}, extra_args=[...], demo=True) starts
-    a server over a fresh repository in tmp_path; it is stopped at the end of
-    the test."""
-    started = []
-
-    def make(only=None, extra_args=(), demo=True, name="repo"):
-        models = h.copy_models(tmp_path / name / "models", only=only, demo=demo)
-        s = h.start_server(models, tmp_path / name / "logs", extra_args=extra_args)
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        s.stop()

@@ -156,6 +156,41 @@ def _hookwrapper(fn):
 pytest_runtest_makereport = _hookwrapper(_makereport)
 
 
+def _fixture(fn=None, **kw):
+    import pytest
+    return pytest.fixture(fn, **kw) if fn else pytest.fixture(**kw)
+
+
+@_fixture(scope="session")
+def server(tmp_path_factory):
+    """A server over every fixture and demo model, for tests that only read
+    (and infer); graceful shutdown on SIGTERM is checked when it stops."""
+    root = tmp_path_factory.mktemp("session-repo")
+    models = copy_models(root / "models")
+    s = start_server(models, root / "logs")
+    yield s
+    code = s.stop()
+    assert code == 0, f"sluice exited with {code} on SIGTERM\n{s.stderr_tail()}"
+
+
+@_fixture
+def make_server(tmp_path):
+    """make_server(only={"scale": ["1"]}, extra_args=[...], demo=True) starts
+    a server over a fresh repository in tmp_path; it is stopped at the end of
+    the test."""
+    started = []
+
+    def make(only=None, extra_args=(), demo=True, name="repo"):
+        models = copy_models(tmp_path / name / "models", only=only, demo=demo)
+        s = start_server(models, tmp_path / name / "logs", extra_args=extra_args)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
+
+
 # --------------------------------------------------------------------------
 # The server process
 

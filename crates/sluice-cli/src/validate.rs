@@ -683,17 +683,8 @@ impl Evaluation {
 /// batching window would only add its delay to each run.
 fn session_options(config: &ModelConfig) -> SessionOptions {
     SessionOptions {
-        instances: config.instances,
-        intra_op_threads: config.intra_op_threads,
-        inter_op_threads: config.inter_op_threads,
-        graph_optimization: config.graph_optimization,
-        execution_providers: config.effective_execution_providers(),
-        max_queue_size: config.max_queue_size,
-        queue_timeout: config.queue_timeout(),
-        warmup: config.warmup,
-        warmup_shapes: config.warmup_shapes.clone(),
-        inline_max_run: Duration::from_micros(config.inline_max_run_us),
         batching: None,
+        ..sluice_serving::session_options(config)
     }
 }
 

@@ -31,6 +31,6 @@ pub mod policy;
 mod registry;
 mod snapshot;
 
-pub use manager::{ManagerOptions, ModelManager, PolicyChange, ServingError};
+pub use manager::{ManagerOptions, ModelManager, PolicyChange, ServingError, session_options};
 pub use registry::{RegistryHandle, RegistryOptions, RegistryStatus, revision_number};
 pub use snapshot::{IndexEntry, ModelSnapshot, Snapshot, VersionState};

@@ -258,7 +258,9 @@ struct Reconciler {
     initialised: bool,
 }
 
-fn session_options(config: &ModelConfig) -> SessionOptions {
+/// The ONNX Runtime session settings a model's `model.toml` asks for, as
+/// the manager loads its versions (also used by `sluice models validate`).
+pub fn session_options(config: &ModelConfig) -> SessionOptions {
     SessionOptions {
         instances: config.instances,
         intra_op_threads: config.intra_op_threads,
