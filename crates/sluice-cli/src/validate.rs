@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -275,7 +275,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<bool> {
     let mut report_bytes = serde_json::to_vec_pretty(&report)?;
     report_bytes.push(b'\n');
     let report_path = version.dir.join(REPORT_FILE);
-    write_atomically(&version.dir, REPORT_FILE, &report_bytes)?;
+    sluice_registry::write_atomically(&version.dir.join(REPORT_FILE), &report_bytes)?;
     let report_sha256 = hex::encode(Sha256::digest(&report_bytes));
 
     let recorded = record_in_manifest(&version.dir, &report_sha256, passed, &created)?;
@@ -1170,31 +1170,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Writes `dir/name` atomically: a hidden temporary file beside it,
-/// flushed to disk, renamed over it, then the directory flushed.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let temp = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-    let target = dir.join(name);
-    let written = File::create_new(&temp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&temp, &target));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(e).with_context(|| format!("cannot write {}", target.display()));
-    }
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot flush the directory {}", dir.display()))?;
-    Ok(())
-}
-
 /// Records the report in `manifest.json` (rewritten atomically); false
 /// when the version has no manifest.
 fn record_in_manifest(
@@ -1219,7 +1194,7 @@ fn record_in_manifest(
     // As `publish` writes it: pretty JSON and a newline.
     let mut json = serde_json::to_vec_pretty(&manifest)?;
     json.push(b'\n');
-    write_atomically(dir, sluice_registry::MANIFEST_FILE, &json)?;
+    sluice_registry::write_atomically(&dir.join(sluice_registry::MANIFEST_FILE), &json)?;
     Ok(true)
 }
 

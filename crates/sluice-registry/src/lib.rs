@@ -56,6 +56,7 @@
 
 mod config;
 mod error;
+mod files;
 mod manifest;
 mod publish;
 mod remote;
@@ -70,6 +71,7 @@ pub use config::{
     MAX_INSTANCES, ModelConfig, Task, Validation, VersionPolicy,
 };
 pub use error::RegistryError;
+pub use files::{write_atomically, write_new};
 pub use manifest::{
     MANIFEST_SCHEMA, Manifest, ValidationRecord, Verification, format_rfc3339, parse_manifest,
     verify, verify_signed,

@@ -1,14 +1,14 @@
 //! [`Repository::publish`]: adding a version atomically.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
+use crate::files::write_new;
 use crate::manifest::{CopyError, format_rfc3339, hash_reader};
-use crate::signing::write_synced;
 use crate::{
     MANIFEST_FILE, MANIFEST_SCHEMA, MODEL_FILE, Manifest, PrivateKey, RegistryError, Repository,
     SIGNATURE_FILE, parse_version, validate_model_name,
@@ -251,14 +251,9 @@ fn stage(
     let manifest = new_manifest(model, version, source, sha256, size_bytes, lineage);
     let manifest_path = temp.join(MANIFEST_FILE);
     let json = manifest_json(&manifest);
-    let mut out = create_new(&manifest_path)?;
-    out.write_all(&json)
-        .map_err(|e| RegistryError::io("write", &manifest_path, e))?;
-    out.sync_all()
-        .map_err(|e| RegistryError::io("fsync", &manifest_path, e))?;
-    drop(out);
+    write_new(&manifest_path, &json)?;
     if let Some(key) = key {
-        write_synced(&temp.join(SIGNATURE_FILE), &key.sign_manifest(&json))?;
+        write_new(&temp.join(SIGNATURE_FILE), &key.sign_manifest(&json))?;
     }
 
     sync_dir(temp)?;

@@ -41,6 +41,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use crate::files::{write_atomically, write_new};
 use crate::publish::{Published, check_source, manifest_json, new_manifest};
 use crate::{
     CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, PrivateKey, RegistryError, SIGNATURE_FILE,
@@ -938,34 +939,6 @@ fn unique(name: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// Writes `bytes` to `path` through a hidden file in the same directory and
-/// a rename, creating the directory if needed.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| RegistryError::io("create directory", dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(unique(&name));
-    write_new(&temp, bytes)?;
-    fs::rename(&temp, path).map_err(|e| {
-        let _ = fs::remove_file(&temp);
-        RegistryError::io("rename into", path, e)
-    })
-}
-
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| RegistryError::io("create", path, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| RegistryError::io("write", path, e))
 }
 
 /// Removes a file or directory if present; whether it was.

@@ -27,10 +27,9 @@
 //! an error, as is a private key or a key that is not Ed25519.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -483,39 +482,8 @@ pub fn sign_manifest_with(version_dir: &Path, key: &PrivateKey) -> Result<Signer
         fs::read(&manifest_path).map_err(|e| RegistryError::io("read", &manifest_path, e))?;
     parse_manifest(&manifest, &manifest_path)?;
     let signature = key.sign_manifest(&manifest);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let temp = version_dir.join(format!(
-        ".{SIGNATURE_FILE}.tmp-{}-{nanos}",
-        std::process::id()
-    ));
-    let target = version_dir.join(SIGNATURE_FILE);
-    let result = write_synced(&temp, &signature).and_then(|()| {
-        fs::rename(&temp, &target).map_err(|e| RegistryError::io("rename into", &target, e))
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result?;
-    #[cfg(unix)]
-    File::open(version_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| RegistryError::io("fsync directory", version_dir, e))?;
+    crate::files::write_atomically(&version_dir.join(SIGNATURE_FILE), &signature)?;
     Ok(key.signer())
-}
-
-/// Creates `path` (it must not exist), writes `bytes`, fsyncs.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| RegistryError::io("create", path, e))?;
-    out.write_all(bytes)
-        .map_err(|e| RegistryError::io("write", path, e))?;
-    out.sync_all()
-        .map_err(|e| RegistryError::io("fsync", path, e))
 }
 
 #[cfg(test)]
