@@ -187,15 +187,11 @@ impl Governance {
         put("risk_tier", &self.risk_tier);
         put("code_revision", &self.code_revision);
         let data_sha256 = match (&self.training_data, &self.training_data_sha256) {
-            (Some(path), _) => {
-                use sha2::Digest;
-                let mut file = std::fs::File::open(path)
-                    .with_context(|| format!("cannot read --training-data {}", path.display()))?;
-                let mut hasher = sha2::Sha256::new();
-                std::io::copy(&mut file, &mut hasher)
-                    .with_context(|| format!("cannot read --training-data {}", path.display()))?;
-                Some(hex::encode(hasher.finalize()))
-            }
+            (Some(path), _) => Some(
+                sluice_registry::hash_file(path)
+                    .with_context(|| format!("--training-data {}", path.display()))?
+                    .1,
+            ),
             (None, Some(hex)) => {
                 anyhow::ensure!(
                     hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),

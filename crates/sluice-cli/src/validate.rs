@@ -19,7 +19,7 @@
 //! local copy and publish that.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -154,7 +154,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<bool> {
 
     // The model file must match its manifest, if it has one.
     sluice_registry::verify(version, &args.model)?;
-    let model_sha256 = sha256_file(&version.model_file)?;
+    let model_sha256 = sluice_registry::hash_file(&version.model_file)?.1;
 
     let bytes =
         fs::read(&args.data).with_context(|| format!("cannot read {}", args.data.display()))?;
@@ -829,7 +829,7 @@ fn evaluate_version(
     drop(executor);
 
     let mut e = Evaluation {
-        model_sha256: Some(sha256_file(file)?),
+        model_sha256: Some(sluice_registry::hash_file(file)?.1),
         input: input.name,
         output: output.name,
         classes: None,
@@ -935,10 +935,7 @@ fn score_classification(
     let mut fairness = serde_json::Map::new();
     let mut flat: BTreeMap<String, Option<f64>> = BTreeMap::new();
     for (column, values) in &table.groups {
-        let mut members: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, v) in values.iter().enumerate() {
-            members.entry(v).or_default().push(i);
-        }
+        let members = group_rows(values);
         let mut groups = serde_json::Map::new();
         let mut rates = Vec::new();
         let mut accuracies = Vec::new();
@@ -1032,16 +1029,22 @@ fn classification_metrics(
     ])
 }
 
+/// The rows of each value of a group column.
+fn group_rows(values: &[String]) -> BTreeMap<&str, Vec<usize>> {
+    let mut members: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, v) in values.iter().enumerate() {
+        members.entry(v).or_default().push(i);
+    }
+    members
+}
+
 fn score_regression(e: &mut Evaluation, table: &Table, out: &[f64]) {
     e.metrics = regression_metrics(&table.targets, out);
     let mut per_group = serde_json::Map::new();
     let mut fairness = serde_json::Map::new();
     let mut flat: BTreeMap<String, Option<f64>> = BTreeMap::new();
     for (column, values) in &table.groups {
-        let mut members: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, v) in values.iter().enumerate() {
-            members.entry(v).or_default().push(i);
-        }
+        let members = group_rows(values);
         let mut groups = serde_json::Map::new();
         let mut maes = Vec::new();
         for (value, rows) in &members {
@@ -1161,14 +1164,6 @@ fn stable_version(
 }
 
 // ------------------------------------------------------------------- files
-
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(hasher.finalize()))
-}
 
 /// Records the report in `manifest.json` (rewritten atomically); false
 /// when the version has no manifest.

@@ -73,8 +73,8 @@ pub use config::{
 pub use error::RegistryError;
 pub use files::{write_atomically, write_new};
 pub use manifest::{
-    MANIFEST_SCHEMA, Manifest, ValidationRecord, Verification, format_rfc3339, parse_manifest,
-    verify, verify_signed,
+    MANIFEST_SCHEMA, Manifest, ValidationRecord, Verification, format_rfc3339, hash_file,
+    parse_manifest, verify, verify_signed,
 };
 pub use publish::{PUBLISH_TEMP_PREFIX, Published};
 pub use remote::{AUDIT_FILE, POLICY_FILE, RemoteRegistry, SyncReport, is_remote};

@@ -217,10 +217,7 @@ pub fn verify_signed(
         });
     }
 
-    let file = File::open(&model_file).map_err(|e| RegistryError::io("open", &model_file, e))?;
-    let (size, sha256) = hash_reader(file, io::sink()).map_err(|e| match e {
-        CopyError::Read(e) | CopyError::Write(e) => RegistryError::io("read", &model_file, e),
-    })?;
+    let (size, sha256) = hash_file(&model_file)?;
     if size != manifest.size_bytes {
         return Err(RegistryError::SizeMismatch {
             path: manifest_path,
@@ -280,6 +277,15 @@ pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, RegistryErr
         });
     }
     serde_json::from_slice(bytes).map_err(malformed)
+}
+
+/// The length and SHA-256 (lowercase hex) of the file at `path`, read in
+/// one streaming pass.
+pub fn hash_file(path: &Path) -> Result<(u64, String), RegistryError> {
+    let file = File::open(path).map_err(|e| RegistryError::io("open", path, e))?;
+    hash_reader(file, io::sink()).map_err(|e| match e {
+        CopyError::Read(e) | CopyError::Write(e) => RegistryError::io("read", path, e),
+    })
 }
 
 /// Which end of a [`hash_reader`] copy failed.

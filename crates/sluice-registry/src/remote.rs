@@ -673,7 +673,7 @@ impl RemoteRegistry {
                 model: model.to_owned(),
             });
         }
-        let (size_bytes, sha256) = hash_file(file)?;
+        let (size_bytes, sha256) = hash_source(file)?;
         let mut candidate = match version {
             Some(v) => v,
             None => self.next_version(model).await?,
@@ -908,27 +908,15 @@ fn revision(applied: &BTreeMap<String, String>) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn hash_file(file: &Path) -> Result<(u64, String), RegistryError> {
-    let mut input = fs::File::open(file).map_err(|e| RegistryError::io("open", file, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = input
-            .read(&mut buf)
-            .map_err(|e| RegistryError::io("read", file, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
+/// The length and SHA-256 of a file to publish, which must not be empty.
+fn hash_source(file: &Path) -> Result<(u64, String), RegistryError> {
+    let (size, sha256) = crate::hash_file(file)?;
     if size == 0 {
         return Err(RegistryError::SourceEmpty {
             path: file.to_owned(),
         });
     }
-    Ok((size, hex::encode(hasher.finalize())))
+    Ok((size, sha256))
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
