@@ -191,12 +191,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("");
     let version = protocol_version(request.version());
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let request_id = request_id(request.headers());
     let Trace {
         span,
         trace_id,
@@ -242,11 +237,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     if let Some(span) = &span {
         record_span(span, status, record.as_ref());
     }
-    let trace_id = format!("{trace_id:032x}");
-    let span_id = format!("{span_id:016x}");
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-{flags}")) {
-        response.headers_mut().insert("traceparent", v);
-    }
+    let (trace_id, span_id) = return_traceparent(&mut response, trace_id, span_id, flags);
 
     if let Some(metrics) = &state.options.metrics {
         metrics
@@ -288,6 +279,31 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         request_line!(info);
     }
     response
+}
+
+/// The caller's `x-request-id` (made by the request-id layer when absent).
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Puts the request's `traceparent` on its response; returns the trace and
+/// span ids as hex, for the log line.
+fn return_traceparent(
+    response: &mut Response,
+    trace_id: u128,
+    span_id: u64,
+    flags: &str,
+) -> (String, String) {
+    let trace_id = format!("{trace_id:032x}");
+    let span_id = format!("{span_id:016x}");
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-{flags}")) {
+        response.headers_mut().insert("traceparent", v);
+    }
+    (trace_id, span_id)
 }
 
 /// `GET /metrics`: Prometheus text, or OpenMetrics when `Accept` asks.
@@ -370,12 +386,7 @@ pub async fn observe_grpc(
     let started = Instant::now();
     let rpc = request.uri().path().trim_start_matches('/').to_string();
     let (service, method) = rpc.split_once('/').unwrap_or((rpc.as_str(), ""));
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let request_id = request_id(request.headers());
     let Trace {
         span,
         trace_id,
@@ -444,11 +455,7 @@ pub async fn observe_grpc(
             span.record("otel.status_code", "ERROR");
         }
     }
-    let trace_id = format!("{trace_id:032x}");
-    let span_id = format!("{span_id:016x}");
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-{flags}")) {
-        response.headers_mut().insert("traceparent", v);
-    }
+    let (trace_id, span_id) = return_traceparent(&mut response, trace_id, span_id, flags);
 
     let model = record.as_ref().map(|r| r.model.as_str());
     let model_version = record.as_ref().and_then(|r| r.version);
