@@ -345,14 +345,18 @@ impl RemoteRegistry {
         let mut kept_versions: BTreeSet<(String, u64)> = BTreeSet::new();
         for ((model, version), files) in &versions {
             let base = format!("{model}/{version}");
-            let up_to_date = files
-                .iter()
-                .all(|(file, listed)| applied.get(&format!("{base}/{file}")) == Some(&listed.tag))
-                && applied
-                    .keys()
-                    .filter(|k| k.starts_with(&format!("{base}/")))
-                    .count()
-                    == files.len()
+            // What the cache holds of this version: its keys are contiguous
+            // in the sorted map, so a range, not a scan of every key.
+            let prefix = format!("{base}/");
+            let cached: Vec<(&str, &String)> = applied
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, tag)| (&k[prefix.len()..], tag))
+                .collect();
+            let up_to_date = cached.len() == files.len()
+                && cached
+                    .iter()
+                    .all(|(file, tag)| files.get(*file).is_some_and(|l| &l.tag == *tag))
                 && self.cache.join(&base).is_dir();
             if up_to_date {
                 kept_versions.insert((model.clone(), *version));
